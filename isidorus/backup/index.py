@@ -1,0 +1,171 @@
+"""The chunk index: where each blob lives, kept on disk so memory stays flat.
+
+The store's `index/` objects are the truth; each lists packs and their blobs. This module
+keeps a local cache of all of them in an SQLite file (a B-tree on disk, a small page
+cache), keyed by blob id, so `create`, `gc` and `verify` look blobs up without holding the
+whole index in memory. The cache records which index objects it holds and follows the
+store on every open: objects that appeared are read in, objects that vanished (after gc)
+are dropped. It can be deleted at any time; it is rebuilt from the store.
+
+Each thread gets its own connection (SQLite connections are not shared between threads).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+from isidorus.backup.pack import BlobEntry
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS index_files (num INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL);
+CREATE TABLE IF NOT EXISTS blobs (
+    id BLOB NOT NULL, pack BLOB NOT NULL, offset INTEGER NOT NULL, length INTEGER NOT NULL,
+    raw_length INTEGER NOT NULL, flags INTEGER NOT NULL, type INTEGER NOT NULL,
+    file INTEGER NOT NULL,
+    PRIMARY KEY (id, pack, offset)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS blobs_by_file ON blobs(file);
+CREATE TABLE IF NOT EXISTS condemned (id BLOB PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    pack: str
+    offset: int
+    length: int
+    raw_length: int
+    flags: int
+    type: int
+
+
+PackEntries = list[tuple[str, list[BlobEntry]]]
+
+
+class IndexCache:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        if path != ":memory:":
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self.has_condemned = False
+        self.db.executescript(SCHEMA)
+        self.has_condemned = self._has_condemned()
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=600, isolation_level=None,
+                                   check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA cache_size=-8192")  # 8 MiB of pages at most
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """The one write path: BEGIN IMMEDIATE, so concurrent writers queue, not fail."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._lock:
+            for c in self._all:
+                with contextlib.suppress(sqlite3.Error):
+                    c.close()
+            self._all.clear()
+        self._local = threading.local()
+
+    # -- following the store
+    def known_files(self) -> dict[str, int]:
+        return {name: num for num, name in self.db.execute("SELECT num, name FROM index_files")}
+
+    def sync(self, names: set[str], load: Callable[[str], PackEntries]) -> None:
+        """Make the cache hold exactly the index objects `names`; `load` reads one."""
+        known = self.known_files()
+        gone = [known[n] for n in known.keys() - names]
+        if gone:
+            with self.write() as db:
+                for num in gone:
+                    db.execute("DELETE FROM blobs WHERE file = ?", (num,))
+                    db.execute("DELETE FROM index_files WHERE num = ?", (num,))
+        for name in sorted(names - known.keys()):
+            self.add(name, load(name))
+
+    def add(self, name: str, packs: PackEntries) -> None:
+        with self.write() as db:
+            if db.execute("SELECT 1 FROM index_files WHERE name = ?", (name,)).fetchone():
+                return  # another process got there first
+            num = db.execute("INSERT INTO index_files (name) VALUES (?)", (name,)).lastrowid
+            db.executemany(
+                "INSERT OR IGNORE INTO blobs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                ((e.id, bytes.fromhex(pack), e.offset, e.length, e.raw_length, e.flags,
+                  e.type, num) for pack, entries in packs for e in entries))
+
+    # -- lookups
+    def lookup(self, bid: bytes) -> Location | None:
+        row = self.db.execute(
+            "SELECT pack, offset, length, raw_length, flags, type FROM blobs WHERE id = ? "
+            "LIMIT 1", (bid,)).fetchone()
+        if row is None:
+            return None
+        return Location(row[0].hex(), row[1], row[2], row[3], row[4], row[5])
+
+    def lookup_all(self, bid: bytes) -> list[Location]:
+        return [Location(r[0].hex(), r[1], r[2], r[3], r[4], r[5]) for r in self.db.execute(
+            "SELECT pack, offset, length, raw_length, flags, type FROM blobs WHERE id = ?",
+            (bid,))]
+
+    def usable(self, bid: bytes) -> bool:
+        """Whether new snapshots may refer to this blob: known, and not condemned by gc."""
+        db = self.db
+        if db.execute("SELECT 1 FROM blobs WHERE id = ? LIMIT 1", (bid,)).fetchone() is None:
+            return False
+        return not (self.has_condemned and db.execute(
+            "SELECT 1 FROM condemned WHERE id = ?", (bid,)).fetchone())
+
+    def packs(self) -> dict[str, int]:
+        """Every indexed pack with the count of its blobs."""
+        return {p.hex(): n for p, n in self.db.execute(
+            "SELECT pack, count(*) FROM blobs GROUP BY pack")}
+
+    def entries_of_file(self, name: str) -> Iterator[tuple[str, BlobEntry]]:
+        for r in self.db.execute(
+                "SELECT b.pack, b.type, b.id, b.offset, b.length, b.raw_length, b.flags "
+                "FROM blobs b JOIN index_files f ON b.file = f.num WHERE f.name = ?", (name,)):
+            yield r[0].hex(), BlobEntry(r[1], r[2], r[3], r[4], r[5], r[6])
+
+    def count(self) -> int:
+        return int(self.db.execute("SELECT count(*) FROM blobs").fetchone()[0])
+
+    # -- what gc has condemned (new snapshots must not refer to it)
+    def _has_condemned(self) -> bool:
+        return self.db.execute("SELECT 1 FROM condemned LIMIT 1").fetchone() is not None
+
+    def condemned_epoch(self) -> str:
+        row = self.db.execute("SELECT v FROM meta WHERE k = 'condemned_epoch'").fetchone()
+        return str(row[0]) if row else ""
+
+    def set_condemned(self, epoch: str, ids: Iterable[bytes]) -> None:
+        with self.write() as db:
+            db.execute("DELETE FROM condemned")
+            db.executemany("INSERT OR IGNORE INTO condemned VALUES (?)", ((i,) for i in ids))
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('condemned_epoch', ?)", (epoch,))
+        self.has_condemned = self._has_condemned()

@@ -1,0 +1,1 @@
+"""Where a store's objects live: a local directory now, more kinds of storage later."""

@@ -1,0 +1,52 @@
+"""The Backend protocol: a flat object store with a few kinds of objects.
+
+Contract shared by every backend (checked by `conformance.py`):
+
+* Objects are addressed by (kind, name). Names are lowercase hex or short ascii words.
+* `write` is atomic: a reader sees the whole object or nothing, even after a crash.
+  Objects of the immutable kinds are never overwritten: writing a name that exists is a
+  no-op when the content is the same (names are content hashes) and `exclusive=True`
+  raises FileExistsError. The mutable kinds (`locks`, `gc`) may be replaced.
+* `write` returns only when the object is durable (fsync of the file and its directory).
+* `remove` of a missing object is not an error (idempotent), so interrupted work resumes.
+* Errors are translated to `BackendError`, whose `permanent` flag says whether retrying
+  can help; `read` of a missing object raises FileNotFoundError so callers can tell
+  "absent" from "broken".
+* Methods may be called from several threads at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Protocol
+
+KINDS = ("data", "index", "snapshots", "keys", "locks", "gc")
+MUTABLE_KINDS = frozenset({"locks", "gc"})
+CONFIG = ("config", "config")  # the one object with a fixed name
+
+
+class Backend(Protocol):
+    """A place that stores a datastore's objects."""
+
+    location: str
+
+    def exists(self, kind: str, name: str) -> bool: ...
+
+    def read(self, kind: str, name: str) -> bytes: ...
+
+    def read_range(self, kind: str, name: str, offset: int, length: int) -> bytes: ...
+
+    def write(self, kind: str, name: str, data: bytes | bytearray | memoryview,
+              *, exclusive: bool = False) -> None: ...
+
+    def remove(self, kind: str, name: str) -> None: ...
+
+    def list(self, kind: str) -> Iterator[tuple[str, int]]:
+        """Yield (name, size) of every object of a kind, in no particular order."""
+        ...
+
+    def create(self) -> None:
+        """Make the empty layout; raises FileExistsError when a store is already there."""
+        ...
+
+    def close(self) -> None: ...

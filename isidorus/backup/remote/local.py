@@ -1,0 +1,194 @@
+"""A store in a local directory.
+
+Layout: `config`, `keys/`, `snapshots/`, `index/`, `locks/`, `gc/`, and `data/00/…/ff/`
+(pack files spread over 256 folders so no folder grows huge), plus `tmp/` for writes in
+progress. Every write goes to `tmp/`, is fsynced, then linked (immutable kinds, so an
+existing name is never replaced) or renamed (mutable kinds) into place, and the folder is
+fsynced: a crash leaves either the old state or the new one, never a torn object.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+import threading
+from collections.abc import Iterator
+
+from isidorus.backup.errors import BackendError, StoreError
+from isidorus.backup.remote.base import KINDS, MUTABLE_KINDS
+
+_FD_CACHE_SIZE = 64
+
+
+def _translate(exc: OSError, what: str) -> BackendError:
+    if exc.errno == errno.ENOSPC:
+        return BackendError(f"disk full while writing {what}: free some space, then run the "
+                            "command again (nothing was lost)")
+    if exc.errno == errno.EDQUOT:
+        return BackendError(f"quota exceeded while writing {what}: raise the quota or free space")
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return BackendError(f"permission denied on {what}: run as a user that can write there")
+    if exc.errno == errno.EROFS:
+        return BackendError(f"read-only file system at {what}")
+    return BackendError(f"{what}: {exc.strerror or exc}", permanent=False)
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LocalBackend:
+    """A store in a directory of the local file system. Thread-safe."""
+
+    def __init__(self, path: str) -> None:
+        self.root = os.path.abspath(path)
+        self.location = self.root
+        self._fds: dict[tuple[str, str], int] = {}
+        self._fd_lock = threading.Lock()
+
+    # -- paths
+    def _dir(self, kind: str, name: str) -> str:
+        if kind == "data":
+            return os.path.join(self.root, "data", name[:2])
+        return os.path.join(self.root, kind)
+
+    def _path(self, kind: str, name: str) -> str:
+        if kind == "config":
+            return os.path.join(self.root, "config")
+        if kind not in KINDS or not name or "/" in name or name.startswith("."):
+            raise ValueError(f"bad object address {kind}/{name}")
+        return os.path.join(self._dir(kind, name), name)
+
+    # -- protocol
+    def create(self) -> None:
+        if os.path.exists(os.path.join(self.root, "config")):
+            raise FileExistsError(self.root)
+        if os.path.isdir(self.root) and os.listdir(self.root):
+            raise StoreError(f"{self.root} is not empty and holds no store: choose an empty or "
+                             "new directory")
+        try:
+            os.makedirs(self.root, exist_ok=True)
+            for kind in (*KINDS, "tmp"):
+                os.makedirs(os.path.join(self.root, kind), exist_ok=True)
+            for i in range(256):
+                os.makedirs(os.path.join(self.root, "data", f"{i:02x}"), exist_ok=True)
+            fsync_dir(self.root)
+        except OSError as exc:
+            raise _translate(exc, self.root) from exc
+
+    def exists(self, kind: str, name: str) -> bool:
+        return os.path.exists(self._path(kind, name))
+
+    def read(self, kind: str, name: str) -> bytes:
+        try:
+            with open(self._path(kind, name), "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise _translate(exc, f"{kind}/{name}") from exc
+
+    def _fd(self, kind: str, name: str) -> int:
+        key = (kind, name)
+        with self._fd_lock:
+            fd = self._fds.get(key)
+            if fd is None:
+                fd = os.open(self._path(kind, name), os.O_RDONLY)
+                if len(self._fds) >= _FD_CACHE_SIZE:
+                    old_key = next(iter(self._fds))
+                    os.close(self._fds.pop(old_key))
+                self._fds[key] = fd
+            return fd
+
+    def read_range(self, kind: str, name: str, offset: int, length: int) -> bytes:
+        try:
+            data = os.pread(self._fd(kind, name), length, offset)
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise _translate(exc, f"{kind}/{name}") from exc
+        if len(data) != length:
+            raise BackendError(f"{kind}/{name} is shorter than expected (truncated?)")
+        return data
+
+    def write(self, kind: str, name: str, data: bytes | bytearray | memoryview,
+              *, exclusive: bool = False) -> None:
+        final = self._path(kind, name)
+        tmp = os.path.join(self.root, "tmp", f"{name[:16]}-{secrets.token_hex(8)}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    n = os.write(fd, view)
+                    view = view[n:]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if kind in MUTABLE_KINDS and not exclusive:
+                os.rename(tmp, final)
+            else:
+                try:
+                    os.link(tmp, final)
+                except FileExistsError:
+                    if exclusive:
+                        raise
+                    # same name, same content: the object is already there
+                finally:
+                    os.unlink(tmp)
+            fsync_dir(os.path.dirname(final))
+        except FileExistsError:
+            raise
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise _translate(exc, f"{self.root}/{kind}") from exc
+
+    def remove(self, kind: str, name: str) -> None:
+        self._forget_fd(kind, name)
+        try:
+            os.unlink(self._path(kind, name))
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise _translate(exc, f"{kind}/{name}") from exc
+
+    def _forget_fd(self, kind: str, name: str) -> None:
+        with self._fd_lock:
+            fd = self._fds.pop((kind, name), None)
+            if fd is not None:
+                os.close(fd)
+
+    def list(self, kind: str) -> Iterator[tuple[str, int]]:
+        dirs = ([os.path.join(self.root, "data", f"{i:02x}") for i in range(256)]
+                if kind == "data" else [os.path.join(self.root, kind)])
+        for d in dirs:
+            try:
+                entries = list(os.scandir(d))
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise _translate(exc, d) from exc
+            for e in entries:
+                if not e.name.startswith("."):
+                    yield e.name, e.stat(follow_symlinks=False).st_size
+
+    def close(self) -> None:
+        with self._fd_lock:
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
+
+    def clean_tmp(self) -> None:
+        """Remove leftovers of writes that a crash interrupted (safe: nothing points to them)."""
+        tmpdir = os.path.join(self.root, "tmp")
+        with contextlib.suppress(FileNotFoundError):
+            for e in os.scandir(tmpdir):
+                with contextlib.suppress(OSError):
+                    os.unlink(e.path)

@@ -1,0 +1,230 @@
+"""A store opened with its key: config, blobs by id, snapshots.
+
+The config is the one object with a fixed name. It is plain JSON (a storage host can read
+the format version, nothing secret) and carries a checksum of itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+import zstandard
+
+from isidorus.backup import objects
+from isidorus.backup.crypto import Crypto, KdfParams, MasterKey, unwrap_key, wrap_key
+from isidorus.backup.errors import (
+    IntegrityError,
+    KeyError_,
+    SnapshotNotFound,
+    StoreError,
+    StoreExistsError,
+)
+from isidorus.backup.index import IndexCache, Location
+from isidorus.backup.pack import COMPRESSED
+from isidorus.backup.remote.base import Backend
+from isidorus.backup.types import Snapshot
+
+FORMAT_VERSION = 1
+Passphrase = Callable[[], bytes]
+
+DEFAULT_CHUNKER = {"algorithm": "fastcdc2020", "min_size": 512 * 1024,
+                   "avg_size": 512 * 1024, "max_size": 8 * 1024 * 1024}
+IMAGE_CHUNK_SIZE = 1024 * 1024
+PACK_SIZE = 16 * 1024 * 1024
+
+
+def _checksum(doc: dict[str, Any]) -> str:
+    body = {k: v for k, v in doc.items() if k != "checksum"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def read_config(backend: Backend) -> dict[str, Any]:
+    try:
+        raw = backend.read("config", "config")
+    except (FileNotFoundError, NotADirectoryError):
+        raise StoreError(f"{backend.location} is not an isidorus store (no config): check the "
+                         "path, or create one with `isidorus backup init`") from None
+    try:
+        doc: dict[str, Any] = json.loads(raw)
+    except ValueError:
+        raise IntegrityError(f"{backend.location}/config is damaged (not JSON)") from None
+    if doc.get("format") != "isidorus-store":
+        raise StoreError(f"{backend.location} is not an isidorus store")
+    if doc.get("checksum") != _checksum(doc):
+        raise IntegrityError(f"{backend.location}/config is damaged (checksum mismatch)")
+    if doc.get("version") != FORMAT_VERSION:
+        raise StoreError(f"{backend.location} has store format {doc.get('version')}, this "
+                         f"isidorus reads format {FORMAT_VERSION}: upgrade isidorus")
+    return doc
+
+
+class Repository:
+    def __init__(self, backend: Backend, config: dict[str, Any], crypto: Crypto,
+                 cache: IndexCache) -> None:
+        self.backend = backend
+        self.config = config
+        self.crypto = crypto
+        self.cache = cache
+        self.id: str = config["id"]
+        self.chunker: dict[str, Any] = config["chunker"]
+        self.image_chunk_size: int = config["image_chunk_size"]
+        self.pack_size: int = config["pack_size"]
+        self.session = ""  # the name of this process's session in locks/, once registered
+
+    # -- making and opening
+    @classmethod
+    def init(cls, backend: Backend, passphrase: Passphrase | None, *, encrypted: bool = True,
+             kdf: KdfParams | None = None) -> None:
+        """Create an empty store. Raises StoreExistsError if one is there."""
+        master = MasterKey.generate()
+        config: dict[str, Any] = {
+            "format": "isidorus-store", "version": FORMAT_VERSION,
+            "id": secrets.token_hex(32),
+            "encryption": "aes-256-gcm" if encrypted else "none",
+            "compression": "zstd", "chunker": DEFAULT_CHUNKER,
+            "image_chunk_size": IMAGE_CHUNK_SIZE, "pack_size": PACK_SIZE,
+        }
+        if not encrypted:
+            config["mac_key"] = master.mac.hex()
+        config["checksum"] = _checksum(config)
+        keyfile = wrap_key(master, passphrase(), kdf or KdfParams()) \
+            if encrypted and passphrase else None
+        if encrypted and keyfile is None:
+            raise KeyError_("an encrypted store needs a passphrase")
+        try:
+            backend.create()
+        except FileExistsError:
+            raise StoreExistsError(f"a store already exists at {backend.location}: use it, "
+                                   "or choose another path") from None
+        if keyfile is not None:
+            backend.write("keys", objects.object_name(keyfile), keyfile)
+        # the config goes last: a store without one is not a store yet
+        backend.write("config", "config", json.dumps(config, indent=1).encode() + b"\n")
+
+    @classmethod
+    def open(cls, backend: Backend, passphrase: Passphrase | None, cache_dir: str) -> Repository:
+        config = read_config(backend)
+        if config["encryption"] == "none":
+            mac = bytes.fromhex(config["mac_key"])
+            crypto = Crypto(MasterKey(b"", mac, 0), encrypted=False)
+        else:
+            if passphrase is None:
+                raise KeyError_("this store is encrypted: give its passphrase")
+            crypto = Crypto(unlock(backend, passphrase()), encrypted=True)
+        path = ":memory:" if cache_dir == ":memory:" else \
+            os.path.join(cache_dir, config["id"], "index.sqlite")
+        repo = cls(backend, config, crypto, IndexCache(path))
+        repo.refresh_index()
+        return repo
+
+    def close(self) -> None:
+        self.cache.close()
+        self.backend.close()
+
+    # -- the index
+    def load_index_file(self, name: str) -> list[tuple[str, list[Any]]]:
+        from isidorus.backup.pack import BlobEntry
+        data = self.backend.read("index", name)
+        doc = objects.decode(self.crypto, "index", data, f"index/{name}")
+        return [(p.hex(), [BlobEntry.from_row(r) for r in rows]) for p, rows in doc["packs"]]
+
+    def refresh_index(self) -> None:
+        names = {n for n, _ in self.backend.list("index")}
+        self.cache.sync(names, self.load_index_file)
+
+    # -- blobs
+    def read_located(self, bid: bytes, loc: Location) -> bytes:
+        """Read, authenticate, decompress and check one blob."""
+        what = f"blob {bid.hex()[:16]} in pack {loc.pack[:16]}"
+        try:
+            sealed = self.backend.read_range("data", loc.pack, loc.offset, loc.length)
+        except FileNotFoundError:
+            raise IntegrityError(f"pack {loc.pack} is missing (needed for {what})") from None
+        payload = self.crypto.open(sealed, bid, what)
+        if loc.flags & COMPRESSED:
+            try:
+                data = objects.decompressor().decompress(payload, max_output_size=loc.raw_length)
+            except zstandard.ZstdError:
+                raise IntegrityError(f"{what} cannot be decompressed") from None
+        else:
+            data = payload
+        if self.crypto.chunk_id(data) != bid:
+            raise IntegrityError(f"{what} does not match its id (damaged or tampered with)")
+        return data
+
+    def load_blob(self, bid: bytes) -> bytes:
+        loc = self.cache.lookup(bid)
+        if loc is None:
+            raise IntegrityError(f"blob {bid.hex()[:16]} is not in the index (missing data)")
+        return self.read_located(bid, loc)
+
+    # -- snapshots
+    def save_snapshot(self, snap: Snapshot) -> str:
+        data = objects.encode(self.crypto, "snapshot", snap.to_doc())
+        name = objects.object_name(data)
+        self.backend.write("snapshots", name, data)
+        return name
+
+    def load_snapshot(self, name: str) -> Snapshot:
+        data = self.backend.read("snapshots", name)
+        objects.check_name(name, data, f"snapshot {name[:8]}")
+        return Snapshot.from_doc(name, objects.decode(self.crypto, "snapshot", data,
+                                                      f"snapshot {name[:8]}"))
+
+    def snapshot_names(self) -> list[str]:
+        return [n for n, _ in self.backend.list("snapshots")]
+
+    def list_snapshots(self) -> list[Snapshot]:
+        """Every snapshot, oldest first."""
+        snaps = []
+        for name in self.snapshot_names():
+            try:
+                snaps.append(self.load_snapshot(name))
+            except FileNotFoundError:
+                continue  # pruned while we listed
+        snaps.sort(key=lambda s: (s.time, s.id))
+        return snaps
+
+    def find_snapshot(self, ref: str) -> Snapshot:
+        """A snapshot by id, unique id prefix, or `latest`."""
+        if ref == "latest":
+            snaps = self.list_snapshots()
+            if not snaps:
+                raise SnapshotNotFound(f"{self.backend.location} has no snapshot yet")
+            return snaps[-1]
+        ref = ref.lower()
+        matches = [n for n in self.snapshot_names() if n.startswith(ref)] if ref else []
+        if not matches:
+            raise SnapshotNotFound(f"no snapshot {ref!r} in {self.backend.location}: "
+                                   "see `isidorus backup list`")
+        if len(matches) > 1:
+            raise SnapshotNotFound(f"{ref!r} matches {len(matches)} snapshots: give more "
+                                   "characters of the id")
+        return self.load_snapshot(matches[0])
+
+
+def unlock(backend: Backend, passphrase: bytes) -> MasterKey:
+    keyfiles = [n for n, _ in backend.list("keys")]
+    if not keyfiles:
+        raise IntegrityError(f"{backend.location} has no key file: the store is damaged")
+    wrong = False
+    for name in sorted(keyfiles):
+        try:
+            return unwrap_key(backend.read("keys", name), passphrase)
+        except KeyError_:
+            wrong = True
+    if wrong:
+        raise KeyError_("wrong passphrase for this store")
+    raise IntegrityError("no key file of this store could be read")
+
+
+def add_key(backend: Backend, master: MasterKey, passphrase: bytes, kdf: KdfParams) -> str:
+    data = wrap_key(master, passphrase, kdf)
+    name = objects.object_name(data)
+    backend.write("keys", name, data)
+    return name

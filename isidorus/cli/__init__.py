@@ -1,0 +1,56 @@
+"""The `isidorus` command: parses input, calls one ops function, renders the result.
+
+Errors are caught once, here: an IsidorusError becomes one line on stderr and its exit
+code; anything unexpected becomes one line too (ISIDORUS_DEBUG=1 shows the traceback).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+import click
+
+from isidorus import __version__
+from isidorus.cli.backup import backup
+from isidorus.errors import IsidorusError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="isidorus")
+def cli() -> None:
+    """isidorus: host libre services for your people on one server, and keep them safe."""
+
+
+cli.add_command(backup)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        code = cli.main(args=argv, prog_name="isidorus", standalone_mode=False)
+    except click.exceptions.Abort:
+        sys.stderr.write("isidorus: aborted\n")
+        code = 130
+    except click.ClickException as exc:
+        exc.show()
+        code = exc.exit_code
+    except IsidorusError as exc:
+        sys.stderr.write(f"isidorus: error: {exc}\n")
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("isidorus: interrupted; run the command again to carry on\n")
+        code = 130
+    except BrokenPipeError:
+        code = 141
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        sys.stderr.write(f"isidorus: error: {exc.strerror or exc}{where}\n")
+        code = 1
+    except Exception as exc:  # a bug: still one line, and a way to see more
+        if os.environ.get("ISIDORUS_DEBUG"):
+            traceback.print_exc()
+        sys.stderr.write(f"isidorus: internal error: {type(exc).__name__}: {exc} "
+                         "(set ISIDORUS_DEBUG=1 for details, and please report it)\n")
+        code = 70
+    sys.exit(code if isinstance(code, int) else 0)

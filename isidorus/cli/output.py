@@ -1,0 +1,109 @@
+"""What the command line shows: progress bars on a terminal, one-line warnings, JSON."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from isidorus.errors import UsageError
+
+err_console = Console(stderr=True, highlight=False)
+
+
+def print_json(doc: Any) -> None:
+    sys.stdout.write(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+
+
+def warn(message: str) -> None:
+    sys.stderr.write(f"warning: {message}\n")
+
+
+class TerminalProgress:
+    """A live bar (items, bytes, rate, ETA) when stderr is a terminal; silent when piped,
+    except for warnings, which always go to stderr."""
+
+    def __init__(self, enabled: bool | None = None) -> None:
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.bar: Progress | None = None
+        self.items: TaskID | None = None
+        self.bytes: TaskID | None = None
+
+    def start(self, what: str, total_items: int | None, total_bytes: int | None) -> None:
+        if not self.enabled:
+            return
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
+                            MofNCompleteColumn(), DownloadColumn(), TransferSpeedColumn(),
+                            TimeRemainingColumn(), console=err_console, transient=True)
+        self.items = self.bar.add_task(f"{what} (items)", total=total_items, visible=False)
+        self.bytes = self.bar.add_task(what, total=total_bytes)
+        self.bar.start()
+
+    def advance(self, items: int = 0, nbytes: int = 0) -> None:
+        if self.bar is not None and self.bytes is not None and self.items is not None:
+            if nbytes:
+                self.bar.advance(self.bytes, nbytes)
+            if items:
+                self.bar.advance(self.items, items)
+
+    def warn(self, message: str) -> None:
+        if self.bar is not None:
+            self.bar.console.print(f"warning: {message}", markup=False)
+        else:
+            warn(message)
+
+    def finish(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+
+def passphrase_source(passphrase_file: str | None, *, confirm: bool = False,
+                      env: str = "ISIDORUS_PASSPHRASE", what: str = "passphrase"
+                      ) -> Callable[[], bytes]:
+    """Where the passphrase comes from, asked only when the store needs it: a file, the
+    environment, or a prompt on a terminal."""
+    def get() -> bytes:
+        if passphrase_file:
+            try:
+                with open(passphrase_file, "rb") as f:
+                    value = f.read().rstrip(b"\r\n")
+            except OSError as exc:
+                raise UsageError(f"cannot read the {what} file {passphrase_file}: "
+                                 f"{exc.strerror}") from None
+        elif os.environ.get(env) is not None:
+            value = os.environ[env].encode()
+        elif sys.stdin.isatty():
+            value = getpass.getpass(f"{what.capitalize()}: ").encode()
+            if confirm and getpass.getpass(f"Repeat the {what}: ").encode() != value:
+                raise UsageError(f"the two {what}s differ: try again")
+        else:
+            raise UsageError(f"no {what}: set {env}, pass --passphrase-file, or run in a "
+                             "terminal")
+        if not value:
+            raise UsageError(f"the {what} is empty: choose a non-empty one")
+        return value
+    return get
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TiB"

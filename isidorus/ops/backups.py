@@ -1,0 +1,191 @@
+"""Backup use cases, shared by the command line and (later) the web and the nightly job.
+
+Each function opens the store, registers a session for as long as it works, calls the
+engine and returns a dataclass. None of them prints or reads the environment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from isidorus.backup import browse, crypto, locks
+from isidorus.backup.archiver import (
+    BackupOptions,
+    BackupResult,
+    create_image_snapshot,
+    create_snapshot,
+    create_stream_snapshot,
+)
+from isidorus.backup.errors import StoreError, UsageError
+from isidorus.backup.gc import GcOptions, GcResult, collect_garbage
+from isidorus.backup.progress import Progress
+from isidorus.backup.prune import KeepPolicy, PrunePlan, plan_prune
+from isidorus.backup.remote.base import Backend
+from isidorus.backup.remote.local import LocalBackend
+from isidorus.backup.repository import Passphrase, Repository, add_key, unlock
+from isidorus.backup.restorer import RestoreOptions, RestoreResult, restore_snapshot
+from isidorus.backup.types import Snapshot
+from isidorus.backup.verify import VerifyOptions, VerifyReport, verify_store
+
+
+@dataclass(frozen=True)
+class StoreRef:
+    """Where a store is and how to open it."""
+
+    location: str
+    passphrase: Passphrase | None
+    cache_dir: str
+
+
+def backend_for(location: str) -> Backend:
+    if "://" in location:
+        scheme = location.split("://", 1)[0]
+        raise UsageError(f"stores of kind {scheme}:// are not supported yet: give a directory")
+    return LocalBackend(location)
+
+
+@contextlib.contextmanager
+def opened(ref: StoreRef, purpose: str, *, exclusive: bool = False
+           ) -> Iterator[Repository]:
+    backend = backend_for(ref.location)
+    if isinstance(backend, LocalBackend) and not os.path.isdir(backend.root):
+        raise StoreError(f"{ref.location} does not exist: check the path, or create a store "
+                         "with `isidorus backup init`")
+    repo = Repository.open(backend, ref.passphrase, ref.cache_dir)
+    try:
+        with locks.session(backend, purpose, exclusive=exclusive) as me:
+            repo.session = me.name
+            yield repo
+    finally:
+        repo.close()
+
+
+def init_store(location: str, passphrase: Passphrase | None, *, encrypted: bool = True,
+               kdf: crypto.KdfParams | None = None) -> None:
+    Repository.init(backend_for(location), passphrase, encrypted=encrypted, kdf=kdf)
+
+
+def create_backup(ref: StoreRef, options: BackupOptions, progress: Progress) -> BackupResult:
+    with opened(ref, "backup") as repo:
+        return create_snapshot(repo, options, progress)
+
+
+def create_image_backup(ref: StoreRef, image: str, options: BackupOptions,
+                        progress: Progress) -> BackupResult:
+    with opened(ref, "backup") as repo:
+        return create_image_snapshot(repo, image, options, progress)
+
+
+def create_stream_backup(ref: StoreRef, name: str, stream: BinaryIO, options: BackupOptions,
+                         progress: Progress) -> BackupResult:
+    with opened(ref, "backup") as repo:
+        return create_stream_snapshot(repo, name, stream, options, progress)
+
+
+def list_snapshots(ref: StoreRef, tags: tuple[str, ...] = ()) -> list[Snapshot]:
+    with opened(ref, "list") as repo:
+        snaps = repo.list_snapshots()
+    return [s for s in snaps if all(t in s.tags for t in tags)]
+
+
+def list_files(ref: StoreRef, snapshot: str, path: str = "/", recursive: bool = True
+               ) -> tuple[Snapshot, list[tuple[str, dict[str, object]]]]:
+    with opened(ref, "ls") as repo:
+        snap = repo.find_snapshot(snapshot)
+        return snap, list(browse.list_path(repo, snap, path, recursive))
+
+
+def cat_file(ref: StoreRef, snapshot: str, path: str, out: BinaryIO) -> int:
+    with opened(ref, "cat") as repo:
+        return browse.cat(repo, repo.find_snapshot(snapshot), path, out)
+
+
+def diff_snapshots(ref: StoreRef, a: str, b: str) -> list[tuple[str, str]]:
+    with opened(ref, "diff") as repo:
+        return list(browse.diff(repo, repo.find_snapshot(a), repo.find_snapshot(b)))
+
+
+def restore(ref: StoreRef, snapshot: str, options: RestoreOptions,
+            progress: Progress) -> tuple[Snapshot, RestoreResult]:
+    with opened(ref, "restore") as repo:
+        snap = repo.find_snapshot(snapshot)
+        return snap, restore_snapshot(repo, snap, options, progress)
+
+
+def verify(ref: StoreRef, options: VerifyOptions, progress: Progress) -> VerifyReport:
+    with opened(ref, "verify") as repo:
+        return verify_store(repo, options, progress)
+
+
+def prune(ref: StoreRef, policy: KeepPolicy, *, tags: tuple[str, ...] = (),
+          dry_run: bool = False) -> PrunePlan:
+    """Plan which snapshots the policy keeps; unless dry_run, remove the others."""
+    with opened(ref, "prune", exclusive=not dry_run) as repo:
+        plan = plan_prune(repo.list_snapshots(), policy, tags=tags)
+        if not dry_run:
+            plan.execute(repo)
+        return plan
+
+
+def gc(ref: StoreRef, options: GcOptions, progress: Progress) -> GcResult:
+    with opened(ref, "gc", exclusive=True) as repo:
+        return collect_garbage(repo, options, progress, {repo.session})
+
+
+def change_passphrase(ref: StoreRef, new: Passphrase, kdf: crypto.KdfParams | None = None
+                      ) -> None:
+    """Wrap the master key with a new passphrase, then remove the old key files. The new
+    key file is durable before any old one goes, so a crash leaves one that opens."""
+    backend = backend_for(ref.location)
+    repo = Repository.open(backend, ref.passphrase, ref.cache_dir)
+    try:
+        if not repo.crypto.encrypted:
+            raise UsageError("this store is not encrypted: it has no passphrase to change")
+        old = [n for n, _ in backend.list("keys")]
+        assert ref.passphrase is not None
+        unlocked = unlock(backend, ref.passphrase())
+        name = add_key(backend, unlocked, new(), kdf or crypto.KdfParams())
+        for n in old:
+            if n != name:
+                backend.remove("keys", n)
+    finally:
+        repo.close()
+
+
+def export_key(ref: StoreRef, dest: str) -> None:
+    """Copy the store's key file (still protected by the passphrase) to `dest`, so that a
+    damaged `keys/` folder does not lose the store."""
+    backend = backend_for(ref.location)
+    repo = Repository.open(backend, ref.passphrase, ref.cache_dir)
+    try:
+        if not repo.crypto.encrypted:
+            raise UsageError("this store is not encrypted: it has no key to export")
+        names = sorted(n for n, _ in backend.list("keys"))
+        data = backend.read("keys", names[0])
+    finally:
+        repo.close()
+    if os.path.exists(dest):
+        raise UsageError(f"{dest} exists: choose a new file name for the key")
+    tmp = dest + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, dest)
+
+
+def unlock_store(ref: StoreRef, remove_all: bool = False) -> list[locks.Session]:
+    """Remove sessions whose process is gone (or, with remove_all, every session)."""
+    backend = backend_for(ref.location)
+    if remove_all:
+        gone = locks.list_sessions(backend)
+        for s in gone:
+            backend.remove("locks", s.name)
+        return gone
+    return locks.remove_stale(backend)

@@ -1,0 +1,66 @@
+"""Every setting isidorus reads, with its default and help, and where values come from.
+
+Later sources override earlier ones: the defaults below, /etc/isidorus/isidorus.toml,
+/etc/isidorus/isidorus.toml.d/*.toml (in name order), ISIDORUS_<NAME> environment
+variables, then command-line flags (applied by the frontends). Core code never reads
+settings: it is handed values.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from isidorus.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: Any
+    help: str
+
+
+def _default_cache() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "isidorus")
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("cache_dir", _default_cache(),
+            "Where the local index caches of stores are kept (safe to delete)."),
+    Setting("backup_threads", 0, "Worker threads for backup and restore; 0 means one per core."),
+)
+
+CONFIG_FILE = "/etc/isidorus/isidorus.toml"
+
+
+def load(config_file: str | None = None, environ: Mapping[str, str] | None = None
+         ) -> dict[str, Any]:
+    env = os.environ if environ is None else environ
+    path = config_file or env.get("ISIDORUS_CONFIG", CONFIG_FILE)
+    values = {s.name: s.default for s in SETTINGS}
+    for f in [path, *sorted(glob.glob(path + ".d/*.toml"))]:
+        try:
+            with open(f, "rb") as fh:
+                doc = tomllib.load(fh)
+        except FileNotFoundError:
+            continue
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise UsageError(f"cannot read the configuration {f}: {exc}") from None
+        for k, v in doc.items():
+            if k in values:
+                values[k] = v
+    for s in SETTINGS:
+        raw = env.get("ISIDORUS_" + s.name.upper())
+        if raw is not None:
+            try:
+                values[s.name] = type(s.default)(raw)
+            except ValueError:
+                raise UsageError(f"ISIDORUS_{s.name.upper()}={raw!r} is not a valid "
+                                 f"{type(s.default).__name__}") from None
+    return values
