@@ -42,7 +42,7 @@ from isidorus.backup.saver import BlobSaver
 from isidorus.backup.tree import Node, decode_tree, encode_tree, make_node, unchanged
 from isidorus.backup.types import Snapshot
 
-_BUFFER = 32 * 1024 * 1024  # files up to this size are read whole into a reused buffer
+_BUFFER = 16 * 1024 * 1024  # each worker's reused read buffer: two maximal chunks
 _MAX_JOBS = 512  # file jobs in flight before the walk waits
 _ATTEMPTS = 3  # reads of a file that keeps changing before it is left out
 
@@ -104,21 +104,6 @@ class PendingDir:
     def ready(self) -> bool:
         return all(c.future is None or c.future.done()
                    for c in self.children if isinstance(c, FileJob))
-
-
-class _Reader:
-    """A file region as a stream for the chunker, read with pread into its buffer."""
-
-    def __init__(self, fd: int, start: int, end: int) -> None:
-        self.fd, self.pos, self.end = fd, start, end
-
-    def readinto(self, b: memoryview) -> int:
-        n = min(len(b), self.end - self.pos)
-        if n <= 0:
-            return 0
-        got = os.preadv(self.fd, [b[:n]], self.pos)
-        self.pos += got
-        return got
 
 
 def data_regions(fd: int, size: int) -> Iterator[tuple[int, int]]:
@@ -213,25 +198,37 @@ class Archiver:
         content.append([cid, len(data)])
 
     def chunk_region(self, fd: int, start: int, end: int, content: list[list[Any]]) -> int:
-        n = end - start
-        if n <= _BUFFER:
-            view = self._buffer()[:n]
-            got = os.preadv(fd, [view], start)
-            if got != n:
-                raise FileChanged
-            if n <= self.repo.chunker["min_size"]:
-                self.save_chunk(view, content)
-            else:
-                for c in self._chunker().cut_buf(view):
-                    self.save_chunk(c.data, content)
-            return n
-        total = 0
-        for c in self._chunker().cut_stream(_Reader(fd, start, end)):
-            total += c.length
-            self.save_chunk(c.data, content)
-        if total != n:
-            raise FileChanged
-        return n
+        """Chunk bytes [start, end) of a file through this thread's reused buffer. A cut is
+        final once max_size bytes follow the chunk's start (FastCDC looks no further), so
+        the unfinished tail moves to the front of the buffer and reading goes on."""
+        buf = self._buffer()
+        max_size = self.repo.chunker["max_size"]
+        filled = 0  # bytes at the front of buf not yet chunked
+        pos = start
+        while True:
+            want = min(len(buf) - filled, end - pos)
+            if want:
+                got = os.preadv(fd, [buf[filled:filled + want]], pos)
+                if got != want:
+                    raise FileChanged  # shrank while we read
+                pos += got
+                filled += got
+            last = pos >= end
+            view = buf[:filled]
+            if last and filled <= self.repo.chunker["min_size"]:
+                if filled:
+                    self.save_chunk(view, content)
+                return end - start
+            done = 0
+            for c in self._chunker().cut_buf(view):
+                if not last and c.offset + max_size > filled:
+                    break
+                self.save_chunk(c.data, content)
+                done = c.offset + c.length
+            if last:
+                return end - start
+            buf[:filled - done] = buf[done:filled]
+            filled -= done
 
     def read_content(self, fd: int, st: os.stat_result) -> list[list[Any]]:
         size = st.st_size
@@ -288,9 +285,9 @@ class Archiver:
         node = make_node(name, st, path)
         node["size"] = st.st_size
         job = FileJob(node, path)
-        if unchanged(parent, st) and all(
+        if parent is not None and unchanged(parent, st) and all(
                 cid is None or self.saver.is_known(cid) for cid, _n in parent["content"]):
-            node["content"] = parent["content"]  # type: ignore[index]
+            node["content"] = parent["content"]
             self.progress.advance(items=1)
         else:
             job.future = self.pool.submit(self.read_file, path, st)

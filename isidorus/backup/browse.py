@@ -6,11 +6,12 @@ import os
 from collections.abc import Iterator
 from typing import BinaryIO
 
-from isidorus.backup.errors import PathNotFound, UsageError
+from isidorus.backup.errors import PathNotFound
 from isidorus.backup.repository import Repository
 from isidorus.backup.restorer import lookup_path
 from isidorus.backup.tree import Node, decode_tree
 from isidorus.backup.types import Snapshot
+from isidorus.errors import UsageError
 
 
 def walk(repo: Repository, tid: bytes, prefix: str) -> Iterator[tuple[str, Node]]:

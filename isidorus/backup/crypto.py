@@ -88,6 +88,14 @@ class Crypto:
         nonce = os.urandom(NONCE)
         return nonce + self._aead.encrypt(nonce, data, aad)
 
+    def seal_parts(self, data: bytes | bytearray | memoryview, aad: bytes
+                   ) -> tuple[bytes, bytes | bytearray | memoryview]:
+        """`seal` as (nonce, ciphertext), sparing a copy of large blobs."""
+        if self._aead is None:
+            return b"", data
+        nonce = os.urandom(NONCE)
+        return nonce, self._aead.encrypt(nonce, data, aad)
+
     def open(self, blob: bytes | memoryview, aad: bytes, what: str) -> bytes:
         if self._aead is None:
             return bytes(blob)

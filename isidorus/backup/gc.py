@@ -231,7 +231,7 @@ def sweep(repo: Repository, state: dict[str, Any], opts: GcOptions,
                         "AND id NOT IN (SELECT id FROM dead) ORDER BY offset", (pack,)).fetchall():
                     # sealed bytes move as they are: nothing is decrypted to repack
                     sealed = repo.backend.read_range("data", name, offset, length)
-                    saver.add(btype, bid, sealed, raw_length, flags)
+                    saver.add(btype, bid, [sealed], raw_length, flags)
             saver.flush()
         finally:
             saver.close()

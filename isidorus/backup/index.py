@@ -67,7 +67,7 @@ class IndexCache:
                                    check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA cache_size=-8192")  # 8 MiB of pages at most
+            conn.execute("PRAGMA cache_size=-2048")  # 2 MiB of pages a connection at most
             self._local.conn = conn
             with self._lock:
                 self._all.append(conn)

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import msgpack
 
 from isidorus.backup.crypto import Crypto
 from isidorus.backup.errors import IntegrityError
+from isidorus.backup.remote.base import Upload
 
 MAGIC = b"ISP1"
 TRAILER = struct.Struct("<I4s")
@@ -46,36 +48,34 @@ class BlobEntry:
         return cls(int(t), i, int(o), int(n), int(r), int(f))  # type: ignore[call-overload]
 
 
-class PackBuffer:
-    """A pack being filled in a reused, fixed-size buffer (fresh memory is slow)."""
+class PackWriter:
+    """A pack streamed straight to the store's temporary upload, hashed as it goes, so
+    packs cost no memory however large they are."""
 
-    def __init__(self, capacity: int) -> None:
-        self.buf = bytearray(capacity)
+    def __init__(self, upload: Upload) -> None:
+        self.upload = upload
+        self.hash = hashlib.sha256()
         self.pos = 0
         self.entries: list[BlobEntry] = []
 
-    def reset(self) -> None:
-        self.pos = 0
-        self.entries = []
-
-    def fits(self, n: int) -> bool:
-        return self.pos + n + 65536 <= len(self.buf)
-
-    def add(self, btype: int, bid: bytes, sealed: bytes, raw_length: int, flags: int) -> None:
-        n = len(sealed)
-        self.buf[self.pos:self.pos + n] = sealed
+    def add(self, btype: int, bid: bytes, parts: Sequence[bytes | bytearray | memoryview],
+            raw_length: int, flags: int) -> None:
+        n = 0
+        for part in parts:
+            if part:
+                self.upload.write(part)
+                self.hash.update(part)
+                n += len(part)
         self.entries.append(BlobEntry(btype, bid, self.pos, n, raw_length, flags))
         self.pos += n
 
-    def finish(self, crypto: Crypto) -> tuple[str, memoryview]:
+    def finish(self, crypto: Crypto) -> str:
+        """Append the header and trailer; returns the pack's name. Commit the upload next."""
         header = crypto.seal(msgpack.packb([e.row() for e in self.entries]), HEADER_AAD)
-        end = self.pos + len(header) + TRAILER.size
-        if end > len(self.buf):
-            self.buf.extend(bytes(end - len(self.buf)))
-        self.buf[self.pos:self.pos + len(header)] = header
-        TRAILER.pack_into(self.buf, self.pos + len(header), len(header), MAGIC)
-        view = memoryview(self.buf)[:end]
-        return hashlib.sha256(view).hexdigest(), view
+        tail = header + TRAILER.pack(len(header), MAGIC)
+        self.upload.write(tail)
+        self.hash.update(tail)
+        return self.hash.hexdigest()
 
 
 def read_header(crypto: Crypto, pack: bytes | memoryview, what: str) -> list[BlobEntry]:

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from isidorus.backup.errors import UsageError
 from isidorus.backup.repository import Repository
 from isidorus.backup.types import Snapshot, iso_time
+from isidorus.errors import UsageError
 
 RULES: tuple[tuple[str, Callable[[datetime], str]], ...] = (
     ("hourly", lambda t: t.strftime("%Y-%m-%d %H")),

@@ -22,11 +22,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from isidorus.backup.errors import PathNotFound, UsageError
+from isidorus.backup.errors import PathNotFound
 from isidorus.backup.progress import NullProgress, Progress
 from isidorus.backup.repository import Repository
 from isidorus.backup.tree import Node, decode_tree
 from isidorus.backup.types import Snapshot
+from isidorus.errors import UsageError
 
 
 @dataclass(frozen=True)

@@ -1,26 +1,27 @@
 """Saving blobs: dedup, compress, seal, pack, upload, index — from many threads at once.
 
 Workers call `reserve(id)`; only the one that gets True compresses and seals the blob and
-hands it to `add`. Full packs go to an uploader thread (bounded queue, recycled buffers),
-and every few packs an index object is written for them. Order matters for crash safety:
-a pack is durable before any index names it, and an index is durable before any snapshot
-refers to its blobs. Blobs not yet indexed stay in `pending` so this session still
-deduplicates against them.
+hands it to `add`, which streams it into the current pack's upload. A full pack goes to an
+uploader thread that makes it durable (fsync, link into place), and every few packs an
+index object is written for them. Order matters for crash safety: a pack is durable before
+any index names it, and an index is durable before any snapshot refers to its blobs. Blobs
+not yet indexed stay in `pending` so this session still deduplicates against them.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from isidorus.backup import objects
 from isidorus.backup.errors import BackupError
-from isidorus.backup.pack import COMPRESSED, BlobEntry, PackBuffer
+from isidorus.backup.pack import COMPRESSED, BlobEntry, PackWriter
 from isidorus.backup.repository import Repository
 
 _INDEX_EVERY_PACKS = 8
-_STOP = None
+Buffer = bytes | bytearray | memoryview
 
 
 @dataclass
@@ -39,12 +40,8 @@ class BlobSaver:
         self._lock = threading.Lock()  # pending, stats, unindexed: never held while waiting
         self._pack_lock = threading.Lock()  # the pack being filled
         self._pending: set[bytes] = set()
-        capacity = repo.pack_size + repo.chunker["max_size"] + 1024 * 1024
-        self._free: queue.Queue[PackBuffer] = queue.Queue()
-        for _ in range(3):
-            self._free.put(PackBuffer(capacity))
-        self._current = self._free.get()
-        self._uploads: queue.Queue[PackBuffer | None] = queue.Queue(maxsize=2)
+        self._current: PackWriter | None = None
+        self._uploads: queue.Queue[tuple[PackWriter, str] | None] = queue.Queue(maxsize=4)
         self._unindexed: list[tuple[str, list[BlobEntry]]] = []
         self._error: BaseException | None = None
         self._done = threading.Condition()
@@ -71,68 +68,68 @@ class BlobSaver:
                 return True
         return self.repo.cache.usable(bid)
 
-    def save(self, btype: int, bid: bytes, data: bytes | bytearray | memoryview) -> int:
+    def save(self, btype: int, bid: bytes, data: Buffer) -> int:
         """Compress (when it helps), seal and pack a reserved blob; returns stored bytes."""
         raw_length = len(data)
         packed = objects.compressor().compress(data)
         if len(packed) < raw_length:
-            payload: bytes | bytearray | memoryview = packed
+            payload: Buffer = packed
             flags = COMPRESSED
         else:
             payload, flags = data, 0
-        sealed = self.crypto.seal(payload, bid)
-        self.add(btype, bid, sealed, raw_length, flags)
-        return len(sealed)
+        parts = self.crypto.seal_parts(payload, bid)
+        self.add(btype, bid, parts, raw_length, flags)
+        return len(parts[0]) + len(parts[1])
 
-    def add(self, btype: int, bid: bytes, sealed: bytes, raw_length: int, flags: int) -> None:
+    def add(self, btype: int, bid: bytes, parts: Sequence[Buffer], raw_length: int,
+            flags: int) -> None:
+        """Append a sealed blob (given in parts) to the current pack."""
         self._raise_upload_error()
-        # _pack_lock may be held while waiting for a free buffer; the uploader never takes
-        # it, so it always gets to hand buffers back
         with self._pack_lock:
-            if not self._current.fits(len(sealed)):
-                self._submit(self._current)
-                self._current = self._free.get()
-            self._current.add(btype, bid, sealed, raw_length, flags)
+            if self._current is None:
+                self._current = PackWriter(self.repo.backend.upload())
+            self._current.add(btype, bid, parts, raw_length, flags)
             if self._current.pos >= self.repo.pack_size:
-                self._submit(self._current)
-                self._current = self._free.get()
+                self._close_pack()
         with self._lock:
             self.stats.blobs_new += 1
             self.stats.bytes_new += raw_length
-            self.stats.bytes_stored += len(sealed)
+            self.stats.bytes_stored += sum(len(p) for p in parts)
 
-    def _submit(self, buf: PackBuffer) -> None:
+    def _close_pack(self) -> None:
+        """With _pack_lock held: finish the current pack and queue it for the uploader."""
+        writer, self._current = self._current, None
+        if writer is None:
+            return
+        name = writer.finish(self.crypto)
         with self._done:
             self._submitted += 1
-        self._uploads.put(buf)
+        self._uploads.put((writer, name))
 
-    # -- the uploader
+    # -- the uploader: makes packs durable, then indexes them
     def _upload_loop(self) -> None:
         while True:
-            buf = self._uploads.get()
-            if buf is _STOP:
+            item = self._uploads.get()
+            if item is None:
                 return
+            writer, name = item
             try:
                 if self._error is None:
-                    self._upload(buf)
+                    writer.upload.commit("data", name)
+                    with self._lock:
+                        self.stats.packs += 1
+                        self._unindexed.append((name, writer.entries))
+                        flush = len(self._unindexed) >= _INDEX_EVERY_PACKS
+                    if flush:
+                        self._write_index()
+                else:
+                    writer.upload.abort()
             except BaseException as exc:  # handed to the workers, raised there
                 self._error = exc
             finally:
-                buf.reset()
-                self._free.put(buf)
                 with self._done:
                     self._completed += 1
                     self._done.notify_all()
-
-    def _upload(self, buf: PackBuffer) -> None:
-        name, view = buf.finish(self.crypto)
-        self.repo.backend.write("data", name, view)
-        with self._lock:
-            self.stats.packs += 1
-            self._unindexed.append((name, buf.entries))
-            flush = len(self._unindexed) >= _INDEX_EVERY_PACKS
-        if flush:
-            self._write_index()
 
     def _write_index(self) -> None:
         with self._lock:
@@ -162,9 +159,7 @@ class BlobSaver:
         """Write out everything saved so far: packs, then their index. After this returns,
         a snapshot may refer to every blob saved."""
         with self._pack_lock:
-            if self._current.entries:
-                self._submit(self._current)
-                self._current = self._free.get()
+            self._close_pack()
         with self._done:
             while self._completed < self._submitted and self._error is None:
                 self._done.wait(0.5)
@@ -172,5 +167,10 @@ class BlobSaver:
         self._write_index()
 
     def close(self) -> None:
-        self._uploads.put(_STOP)
+        """Stop the uploader; a pack still open (after an error) is thrown away."""
+        with self._pack_lock:
+            if self._current is not None:
+                self._current.upload.abort()
+                self._current = None
+        self._uploads.put(None)
         self._uploader.join()

@@ -10,7 +10,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from isidorus.backup import browse, crypto, locks
 from isidorus.backup.archiver import (
@@ -20,7 +20,7 @@ from isidorus.backup.archiver import (
     create_snapshot,
     create_stream_snapshot,
 )
-from isidorus.backup.errors import StoreError, UsageError
+from isidorus.backup.errors import StoreError
 from isidorus.backup.gc import GcOptions, GcResult, collect_garbage
 from isidorus.backup.progress import Progress
 from isidorus.backup.prune import KeepPolicy, PrunePlan, plan_prune
@@ -30,6 +30,7 @@ from isidorus.backup.repository import Passphrase, Repository, add_key, unlock
 from isidorus.backup.restorer import RestoreOptions, RestoreResult, restore_snapshot
 from isidorus.backup.types import Snapshot
 from isidorus.backup.verify import VerifyOptions, VerifyReport, verify_store
+from isidorus.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ def list_snapshots(ref: StoreRef, tags: tuple[str, ...] = ()) -> list[Snapshot]:
 
 
 def list_files(ref: StoreRef, snapshot: str, path: str = "/", recursive: bool = True
-               ) -> tuple[Snapshot, list[tuple[str, dict[str, object]]]]:
+               ) -> tuple[Snapshot, list[tuple[str, dict[str, Any]]]]:
     with opened(ref, "ls") as repo:
         snap = repo.find_snapshot(snapshot)
         return snap, list(browse.list_path(repo, snap, path, recursive))

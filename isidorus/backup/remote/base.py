@@ -25,6 +25,18 @@ MUTABLE_KINDS = frozenset({"locks", "gc"})
 CONFIG = ("config", "config")  # the one object with a fixed name
 
 
+class Upload(Protocol):
+    """An object being written piece by piece (a pack), invisible until committed."""
+
+    def write(self, data: bytes | bytearray | memoryview) -> None: ...
+
+    def commit(self, kind: str, name: str) -> None:
+        """Make it durable and visible as (kind, name), with `write`'s guarantees."""
+        ...
+
+    def abort(self) -> None: ...
+
+
 class Backend(Protocol):
     """A place that stores a datastore's objects."""
 
@@ -38,6 +50,10 @@ class Backend(Protocol):
 
     def write(self, kind: str, name: str, data: bytes | bytearray | memoryview,
               *, exclusive: bool = False) -> None: ...
+
+    def upload(self) -> Upload:
+        """Start writing an object whose name is known only at the end."""
+        ...
 
     def remove(self, kind: str, name: str) -> None: ...
 

@@ -43,6 +43,49 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+class LocalUpload:
+    def __init__(self, backend: LocalBackend) -> None:
+        self.backend = backend
+        self.tmp = os.path.join(backend.root, "tmp", f"upload-{secrets.token_hex(8)}.tmp")
+        try:
+            self.fd: int | None = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as exc:
+            raise _translate(exc, f"{backend.root}/tmp") from exc
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        assert self.fd is not None
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self.fd, view):]
+        except OSError as exc:
+            self.abort()
+            raise _translate(exc, f"{self.backend.root}/data") from exc
+
+    def commit(self, kind: str, name: str) -> None:
+        assert self.fd is not None
+        final = self.backend._path(kind, name)
+        try:
+            os.fsync(self.fd)
+            os.close(self.fd)
+            self.fd = None
+            with contextlib.suppress(FileExistsError):  # same name, same content
+                os.link(self.tmp, final)
+            os.unlink(self.tmp)
+            fsync_dir(os.path.dirname(final))
+        except OSError as exc:
+            self.abort()
+            raise _translate(exc, f"{self.backend.root}/{kind}") from exc
+
+    def abort(self) -> None:
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = None
+        with contextlib.suppress(OSError):
+            os.unlink(self.tmp)
+
+
 class LocalBackend:
     """A store in a directory of the local file system. Thread-safe."""
 
@@ -149,6 +192,9 @@ class LocalBackend:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise _translate(exc, f"{self.root}/{kind}") from exc
+
+    def upload(self) -> LocalUpload:
+        return LocalUpload(self)
 
     def remove(self, kind: str, name: str) -> None:
         self._forget_fd(kind, name)

@@ -8,6 +8,21 @@ from collections.abc import Iterator
 from isidorus.backup.remote.base import MUTABLE_KINDS
 
 
+class MemoryUpload:
+    def __init__(self, backend: MemoryBackend) -> None:
+        self.backend = backend
+        self.buf = bytearray()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.buf += data
+
+    def commit(self, kind: str, name: str) -> None:
+        self.backend.write(kind, name, self.buf)
+
+    def abort(self) -> None:
+        self.buf = bytearray()
+
+
 class MemoryBackend:
     def __init__(self, location: str = "memory:") -> None:
         self.location = location
@@ -45,6 +60,9 @@ class MemoryBackend:
                     raise FileExistsError(f"{kind}/{name}")
                 return
             self.objects[key] = bytes(data)
+
+    def upload(self) -> MemoryUpload:
+        return MemoryUpload(self)
 
     def remove(self, kind: str, name: str) -> None:
         with self._lock:

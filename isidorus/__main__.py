@@ -1,0 +1,3 @@
+from isidorus.cli import main
+
+main()
