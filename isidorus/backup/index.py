@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -50,21 +51,44 @@ PackEntries = list[tuple[str, list[BlobEntry]]]
 class IndexCache:
     def __init__(self, path: str) -> None:
         self.path = path
-        if path != ":memory:":
+        self._uri = False
+        if path == ":memory:":
+            # one in-memory database shared by this cache's connections (tests)
+            self.path = f"file:isidorus-{secrets.token_hex(8)}?mode=memory&cache=shared"
+            self._uri = True
+        else:
             os.makedirs(os.path.dirname(path), exist_ok=True)
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self.has_condemned = False
+        self.generation = 0  # bumped by every write, so readers renew their snapshot
         self.db.executescript(SCHEMA)
         self.has_condemned = self._has_condemned()
+
+    def _reader(self) -> sqlite3.Connection:
+        """This thread's connection inside a read transaction, renewed when the cache
+        changed: lookups then take no lock each (SQLite's WAL locks cost a syscall)."""
+        conn = self.db
+        if getattr(self._local, "generation", -1) != self.generation:
+            if conn.in_transaction:
+                conn.execute("COMMIT")
+            conn.execute("BEGIN")
+            self._local.generation = self.generation
+        return conn
+
+    def _end_read(self) -> None:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and conn.in_transaction:
+            conn.execute("COMMIT")
+        self._local.generation = -1
 
     @property
     def db(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             conn = sqlite3.connect(self.path, timeout=600, isolation_level=None,
-                                   check_same_thread=False)
+                                   check_same_thread=False, uri=self._uri)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA cache_size=-2048")  # 2 MiB of pages a connection at most
@@ -76,6 +100,7 @@ class IndexCache:
     @contextlib.contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
         """The one write path: BEGIN IMMEDIATE, so concurrent writers queue, not fail."""
+        self._end_read()
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -84,8 +109,10 @@ class IndexCache:
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
+        self.generation += 1
 
     def close(self) -> None:
+        self._end_read()
         with self._lock:
             for c in self._all:
                 with contextlib.suppress(sqlite3.Error):
@@ -95,6 +122,7 @@ class IndexCache:
 
     # -- following the store
     def known_files(self) -> dict[str, int]:
+        self._end_read()
         return {name: num for num, name in self.db.execute("SELECT num, name FROM index_files")}
 
     def sync(self, names: set[str], load: Callable[[str], PackEntries]) -> None:
@@ -121,7 +149,7 @@ class IndexCache:
 
     # -- lookups
     def lookup(self, bid: bytes) -> Location | None:
-        row = self.db.execute(
+        row = self._reader().execute(
             "SELECT pack, offset, length, raw_length, flags, type FROM blobs WHERE id = ? "
             "LIMIT 1", (bid,)).fetchone()
         if row is None:
@@ -135,7 +163,7 @@ class IndexCache:
 
     def usable(self, bid: bytes) -> bool:
         """Whether new snapshots may refer to this blob: known, and not condemned by gc."""
-        db = self.db
+        db = self._reader()
         if db.execute("SELECT 1 FROM blobs WHERE id = ? LIMIT 1", (bid,)).fetchone() is None:
             return False
         return not (self.has_condemned and db.execute(

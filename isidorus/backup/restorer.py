@@ -9,12 +9,13 @@ restored by name when the name exists here, else by number, and only as root.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
+import functools
 import grp
 import os
 import pwd
-import secrets
 import stat
 import threading
 import time
@@ -50,25 +51,35 @@ class RestoreResult:
         return {"files": self.files, "dirs": self.dirs, "bytes_written": self.bytes_written,
                 "seconds": round(self.seconds, 3), "errors": self.errors}
 
+_MAX_JOBS = 256  # files queued for the pool before the walk waits
 
-def _uid(node: Node) -> int:
-    name = node.get("user")
+
+@functools.lru_cache(maxsize=4096)
+def _local_uid(name: str | None, uid: int) -> int:
     if name:
         try:
             return pwd.getpwnam(name).pw_uid
         except KeyError:
             pass
-    return int(node["uid"])
+    return uid
 
 
-def _gid(node: Node) -> int:
-    name = node.get("group")
+@functools.lru_cache(maxsize=4096)
+def _local_gid(name: str | None, gid: int) -> int:
     if name:
         try:
             return grp.getgrnam(name).gr_gid
         except KeyError:
             pass
-    return int(node["gid"])
+    return gid
+
+
+def _uid(node: Node) -> int:
+    return _local_uid(node.get("user"), int(node["uid"]))
+
+
+def _gid(node: Node) -> int:
+    return _local_gid(node.get("group"), int(node["gid"]))
 
 
 def _norm(p: str) -> str:
@@ -88,8 +99,7 @@ class Restorer:
         self.lock = threading.Lock()
         self.dirs: list[tuple[bytes, Node]] = []
         self.links: list[tuple[bytes, Node]] = []
-        self.restored: set[bytes] = set()
-        self.futures: list[Future[None]] = []
+        self.futures: collections.deque[Future[None]] = collections.deque()
         threads = options.threads or max(2, os.cpu_count() or 2)
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="restore")
 
@@ -116,9 +126,10 @@ class Restorer:
         is_link = node["type"] == "symlink"
         target: int | bytes = fd if fd is not None else path
         follow = fd is not None
-        if self.as_root:
+        uid, gid = _uid(node), _gid(node)
+        if self.as_root and (fd is None or (uid, gid) != (0, 0)):  # new files are root's
             try:
-                os.chown(target, _uid(node), _gid(node), follow_symlinks=follow or not is_link)
+                os.chown(target, uid, gid, follow_symlinks=follow or not is_link)
             except OSError as exc:
                 self._error(path, f"cannot set owner: {exc.strerror}")
         if not is_link:
@@ -154,14 +165,16 @@ class Restorer:
                 written += n
                 self.progress.advance(nbytes=n)
             pos += n
-        if not device:
-            os.ftruncate(fd, node.get("size", pos))
+        if not device and (pos != written or node.get("size", pos) != pos):
+            os.ftruncate(fd, node.get("size", pos))  # a trailing hole, or an empty file
         return written
 
     def restore_file(self, path: bytes, node: Node) -> None:
-        tmp = path + b".isidorus-" + secrets.token_hex(4).encode()
+        # whole or absent: written under a temporary name, renamed once complete (a name
+        # left by a killed restore is simply written again)
+        tmp = path + b".isidorus-restore"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
             try:
                 n = self.write_content(fd, node)
                 self.apply_meta(tmp, {**node, "type": "file"}, fd=fd)
@@ -200,6 +213,12 @@ class Restorer:
         except OSError as exc:
             self._error(path, exc.strerror or str(exc))
 
+    def submit(self, path: bytes, node: Node) -> None:
+        """Queue a file for the pool; a bounded queue keeps memory flat on huge trees."""
+        self.futures.append(self.pool.submit(self.restore_file, path, node))
+        while len(self.futures) > _MAX_JOBS:
+            self.futures.popleft().result()
+
     # -- the walk
     def walk(self, tid: bytes, dest: bytes, spath: bytes) -> None:
         for node in decode_tree(self.repo.load_blob(tid)):
@@ -223,11 +242,8 @@ class Restorer:
                 if descend:
                     self.walk(node["subtree"], path, child_spath)
             elif t == "file":
-                if os.path.lexists(path) and not self.opts.overwrite:
-                    self._error(path, "exists already (use --overwrite)")
-                    continue
-                self.restored.add(child_spath)
-                self.futures.append(self.pool.submit(self.restore_file, path, node))
+                # no existence check: the target was empty, or --overwrite replaces
+                self.submit(path, node)
             elif t == "hardlink":
                 self.links.append((path, node))
             else:
@@ -247,7 +263,7 @@ class Restorer:
                 self.pool.shutdown(wait=True)
             for path, node in self.links:
                 first = b"/" + node["target"]
-                if first in self.restored and os.path.exists(self.root + first):
+                if self.wanted(first)[0] and os.path.exists(self.root + first):
                     try:
                         os.link(self.root + first, path)
                         continue
