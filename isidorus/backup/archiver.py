@@ -285,8 +285,12 @@ class Archiver:
         node = make_node(name, st, path)
         node["size"] = st.st_size
         job = FileJob(node, path)
-        if parent is not None and unchanged(parent, st) and all(
-                cid is None or self.saver.is_known(cid) for cid, _n in parent["content"]):
+        # a parent's chunks are indexed (snapshots are written after their index); only
+        # a running gc may have condemned some of them since
+        if parent is not None and unchanged(parent, st) and not (
+                self.repo.cache.has_condemned and any(
+                    cid is not None and self.repo.cache.is_condemned(cid)
+                    for cid, _n in parent["content"])):
             node["content"] = parent["content"]
             self.progress.advance(items=1)
         else:

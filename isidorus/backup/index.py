@@ -169,6 +169,10 @@ class IndexCache:
         return not (self.has_condemned and db.execute(
             "SELECT 1 FROM condemned WHERE id = ?", (bid,)).fetchone())
 
+    def is_condemned(self, bid: bytes) -> bool:
+        return self._reader().execute("SELECT 1 FROM condemned WHERE id = ?",
+                                      (bid,)).fetchone() is not None
+
     def packs(self) -> dict[str, int]:
         """Every indexed pack with the count of its blobs."""
         return {p.hex(): n for p, n in self.db.execute(

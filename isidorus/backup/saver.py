@@ -20,7 +20,8 @@ from isidorus.backup.errors import BackupError
 from isidorus.backup.pack import COMPRESSED, BlobEntry, PackWriter
 from isidorus.backup.repository import Repository
 
-_INDEX_EVERY_PACKS = 8
+_INDEX_EVERY_PACKS = 8  # an index object every so many packs, or blobs: it bounds
+_INDEX_EVERY_BLOBS = 50_000  # what `pending` holds
 Buffer = bytes | bytearray | memoryview
 
 
@@ -43,6 +44,7 @@ class BlobSaver:
         self._current: PackWriter | None = None
         self._uploads: queue.Queue[tuple[PackWriter, str] | None] = queue.Queue(maxsize=4)
         self._unindexed: list[tuple[str, list[BlobEntry]]] = []
+        self._unindexed_blobs = 0
         self._error: BaseException | None = None
         self._done = threading.Condition()
         self._submitted = self._completed = 0
@@ -61,12 +63,6 @@ class BlobSaver:
                 return False
             self._pending.add(bid)
             return True
-
-    def is_known(self, bid: bytes) -> bool:
-        with self._lock:
-            if bid in self._pending:
-                return True
-        return self.repo.cache.usable(bid)
 
     def save(self, btype: int, bid: bytes, data: Buffer) -> int:
         """Compress (when it helps), seal and pack a reserved blob; returns stored bytes."""
@@ -119,7 +115,9 @@ class BlobSaver:
                     with self._lock:
                         self.stats.packs += 1
                         self._unindexed.append((name, writer.entries))
-                        flush = len(self._unindexed) >= _INDEX_EVERY_PACKS
+                        self._unindexed_blobs += len(writer.entries)
+                        flush = (len(self._unindexed) >= _INDEX_EVERY_PACKS
+                                 or self._unindexed_blobs >= _INDEX_EVERY_BLOBS)
                     if flush:
                         self._write_index()
                 else:
@@ -134,6 +132,7 @@ class BlobSaver:
     def _write_index(self) -> None:
         with self._lock:
             packs, self._unindexed = self._unindexed, []
+            self._unindexed_blobs = 0
         if not packs:
             return
         doc = {"v": 1, "packs": [[bytes.fromhex(p), [e.row() for e in entries]]
