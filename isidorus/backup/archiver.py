@@ -265,6 +265,8 @@ class Archiver:
                 after = os.fstat(fd)
                 if (after.st_size, after.st_mtime_ns, after.st_ctime_ns) == \
                         (before.st_size, before.st_mtime_ns, before.st_ctime_ns):
+                    holes = sum(n for cid, n in content if cid is None)
+                    self.progress.advance(items=1, nbytes=holes)
                     return content, before
             finally:
                 os.close(fd)
@@ -292,7 +294,7 @@ class Archiver:
                     cid is not None and self.repo.cache.is_condemned(cid)
                     for cid, _n in parent["content"])):
             node["content"] = parent["content"]
-            self.progress.advance(items=1)
+            self.progress.advance(items=1, nbytes=st.st_size)
         else:
             job.future = self.pool.submit(self.read_file, path, st)
             self.jobs += 1
@@ -374,7 +376,6 @@ class Archiver:
                         continue
                     if node["type"] == "file":
                         self.jobs -= 1
-                        self.progress.advance(items=1)
                         node.update(size=st.st_size, mtime=st.st_mtime_ns,
                                     ctime=st.st_ctime_ns, ino=st.st_ino)
                     node["content"] = content
@@ -470,6 +471,30 @@ def normalize_sources(paths: tuple[str, ...]) -> list[bytes]:
     return out
 
 
+def _estimate(sources: list[bytes], options: BackupOptions, progress: Progress) -> None:
+    """Count files and bytes ahead of a first backup, for the time-left estimate (only
+    when someone watches; it ignores --one-file-system, an estimate is enough)."""
+    excluded = _exclude_matcher(options.excludes)
+    files = total = 0
+    stack = list(sources)
+    while stack:
+        path = stack.pop()
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            files += 1
+            total += st.st_size
+        elif stat.S_ISDIR(st.st_mode):
+            try:
+                with os.scandir(path) as it:
+                    stack.extend(e.path for e in it if not excluded(e.path))
+            except OSError:
+                continue
+    progress.set_total(files, total)
+
+
 def find_parent(repo: Repository, paths: tuple[str, ...], kind: str,
                 explicit: str | None) -> Snapshot | None:
     if explicit:
@@ -489,6 +514,9 @@ def create_snapshot(repo: Repository, options: BackupOptions,
     arch = Archiver(repo, options, progress)
     est = parent.summary if parent else {}
     arch.progress.start("backup", est.get("files"), est.get("bytes_total"))
+    if parent is None and arch.progress.live:
+        threading.Thread(target=_estimate, args=(sources, options, arch.progress),
+                         daemon=True, name="estimate").start()
     try:
         if sources == [b"/"]:
             def build(root_parent: Node | None) -> bytes:

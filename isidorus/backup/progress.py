@@ -6,7 +6,11 @@ from typing import Protocol
 
 
 class Progress(Protocol):
+    live: bool  # someone watches: worth estimating totals for
+
     def start(self, what: str, total_items: int | None, total_bytes: int | None) -> None: ...
+
+    def set_total(self, total_items: int | None, total_bytes: int | None) -> None: ...
 
     def advance(self, items: int = 0, nbytes: int = 0) -> None: ...
 
@@ -18,10 +22,15 @@ class Progress(Protocol):
 class NullProgress:
     """Reports nothing; keeps warnings so callers and tests can read them."""
 
+    live = False
+
     def __init__(self) -> None:
         self.warnings: list[str] = []
 
     def start(self, what: str, total_items: int | None, total_bytes: int | None) -> None:
+        pass
+
+    def set_total(self, total_items: int | None, total_bytes: int | None) -> None:
         pass
 
     def advance(self, items: int = 0, nbytes: int = 0) -> None:

@@ -79,14 +79,15 @@ class Repository:
     # -- making and opening
     @classmethod
     def init(cls, backend: Backend, passphrase: Passphrase | None, *, encrypted: bool = True,
-             kdf: KdfParams | None = None) -> None:
-        """Create an empty store. Raises StoreExistsError if one is there."""
+             kdf: KdfParams | None = None, chunker: dict[str, Any] | None = None) -> None:
+        """Create an empty store. Raises StoreExistsError if one is there. `chunker`
+        overrides the chunk sizes (tests and benchmarks use tiny chunks for many of them)."""
         master = MasterKey.generate()
         config: dict[str, Any] = {
             "format": "isidorus-store", "version": FORMAT_VERSION,
             "id": secrets.token_hex(32),
             "encryption": "aes-256-gcm" if encrypted else "none",
-            "compression": "zstd", "chunker": DEFAULT_CHUNKER,
+            "compression": "zstd", "chunker": {**DEFAULT_CHUNKER, **(chunker or {})},
             "image_chunk_size": IMAGE_CHUNK_SIZE, "pack_size": PACK_SIZE,
         }
         if not encrypted:

@@ -21,7 +21,7 @@ from isidorus.backup.pack import COMPRESSED, BlobEntry, PackWriter
 from isidorus.backup.repository import Repository
 
 _INDEX_EVERY_PACKS = 8  # an index object every so many packs, or blobs: it bounds
-_INDEX_EVERY_BLOBS = 50_000  # what `pending` holds
+_INDEX_EVERY_BLOBS = 20_000  # what `pending` holds
 Buffer = bytes | bytearray | memoryview
 
 

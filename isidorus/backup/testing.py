@@ -33,9 +33,13 @@ def make_backend() -> MemoryBackend:
     return MemoryBackend()
 
 
-def make_repository(backend: Backend | None = None, *, encrypted: bool = True,
-                    passphrase: bytes = PASSPHRASE, cache_dir: str | None = None
-                    ) -> Repository:
+def make_repository(
+    backend: Backend | None = None,
+    *,
+    encrypted: bool = True,
+    passphrase: bytes = PASSPHRASE,
+    cache_dir: str | None = None,
+) -> Repository:
     """An opened store on `backend` (a new MemoryBackend by default), made first if the
     backend holds none. Without `cache_dir`, the index cache goes to a temporary directory
     that is removed once the repository is garbage collected; pass one to share a cache
@@ -43,8 +47,9 @@ def make_repository(backend: Backend | None = None, *, encrypted: bool = True,
     if backend is None:
         backend = make_backend()
     if not backend.exists("config", "config"):
-        Repository.init(backend, (lambda: passphrase) if encrypted else None,
-                        encrypted=encrypted, kdf=CHEAP_KDF)
+        Repository.init(
+            backend, (lambda: passphrase) if encrypted else None, encrypted=encrypted, kdf=CHEAP_KDF
+        )
     own_dir = cache_dir is None
     if cache_dir is None:
         cache_dir = tempfile.mkdtemp(prefix="isidorus-cache-")
@@ -54,9 +59,15 @@ def make_repository(backend: Backend | None = None, *, encrypted: bool = True,
     return repo
 
 
-def make_snapshot(when: str | datetime, *, hostname: str = "host", kind: str = "files",
-                  paths: Iterable[str] = ("/srv",), tags: Iterable[str] = (),
-                  sid: str | None = None) -> Snapshot:
+def make_snapshot(
+    when: str | datetime,
+    *,
+    hostname: str = "host",
+    kind: str = "files",
+    paths: Iterable[str] = ("/srv",),
+    tags: Iterable[str] = (),
+    sid: str | None = None,
+) -> Snapshot:
     """A snapshot record for policy tests; nothing is stored. `when` is an ISO time (UTC
     when it has no offset). The id is derived from the other fields unless given."""
     t = datetime.fromisoformat(when) if isinstance(when, str) else when
@@ -66,12 +77,21 @@ def make_snapshot(when: str | datetime, *, hostname: str = "host", kind: str = "
     if sid is None:
         seed = repr((t.isoformat(), hostname, kind, paths, tags)).encode()
         sid = hashlib.sha256(seed).hexdigest()
-    return Snapshot(id=sid, time=t.astimezone(UTC), hostname=hostname, username="root",
-                    paths=paths, tags=tags, kind=kind, tree=bytes(32))
+    return Snapshot(
+        id=sid,
+        time=t.astimezone(UTC),
+        hostname=hostname,
+        username="root",
+        paths=paths,
+        tags=tags,
+        kind=kind,
+        tree=bytes(32),
+    )
 
 
-def make_sparse_file(path: str | bytes, size: int,
-                     regions: Iterable[tuple[int, bytes]] = ()) -> None:
+def make_sparse_file(
+    path: str | bytes, size: int, regions: Iterable[tuple[int, bytes]] = ()
+) -> None:
     """A file of `size` bytes that is a hole except for `regions` (offset, data)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:

@@ -13,7 +13,6 @@ from rich.console import Console
 from rich.progress import (
     BarColumn,
     DownloadColumn,
-    MofNCompleteColumn,
     Progress,
     TaskID,
     TextColumn,
@@ -35,31 +34,40 @@ def warn(message: str) -> None:
 
 
 class TerminalProgress:
-    """A live bar (items, bytes, rate, ETA) when stderr is a terminal; silent when piped,
-    except for warnings, which always go to stderr."""
+    """A live bar (files, bytes, rate, time left) when stderr is a terminal; silent when
+    piped, except for warnings, which always go to stderr. Called from many threads."""
 
     def __init__(self, enabled: bool | None = None) -> None:
-        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.live = sys.stderr.isatty() if enabled is None else enabled
         self.bar: Progress | None = None
-        self.items: TaskID | None = None
-        self.bytes: TaskID | None = None
+        self.task: TaskID | None = None
+        self.items = 0
+        self.total_items: int | None = None
 
     def start(self, what: str, total_items: int | None, total_bytes: int | None) -> None:
-        if not self.enabled:
+        if not self.live:
             return
+        self.items, self.total_items = 0, total_items
         self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
-                            MofNCompleteColumn(), DownloadColumn(), TransferSpeedColumn(),
-                            TimeRemainingColumn(), console=err_console, transient=True)
-        self.items = self.bar.add_task(f"{what} (items)", total=total_items, visible=False)
-        self.bytes = self.bar.add_task(what, total=total_bytes)
+                            TextColumn("{task.fields[files]}"), DownloadColumn(),
+                            TransferSpeedColumn(), TimeRemainingColumn(),
+                            console=err_console, transient=True)
+        self.task = self.bar.add_task(what, total=total_bytes, files=self._files())
         self.bar.start()
 
+    def _files(self) -> str:
+        return f"{self.items:,}" + (f"/{self.total_items:,} files" if self.total_items
+                                    else " files")
+
+    def set_total(self, total_items: int | None, total_bytes: int | None) -> None:
+        if self.bar is not None and self.task is not None:
+            self.total_items = total_items
+            self.bar.update(self.task, total=total_bytes, files=self._files())
+
     def advance(self, items: int = 0, nbytes: int = 0) -> None:
-        if self.bar is not None and self.bytes is not None and self.items is not None:
-            if nbytes:
-                self.bar.advance(self.bytes, nbytes)
-            if items:
-                self.bar.advance(self.items, items)
+        if self.bar is not None and self.task is not None:
+            self.items += items
+            self.bar.update(self.task, advance=nbytes, files=self._files())
 
     def warn(self, message: str) -> None:
         if self.bar is not None:

@@ -51,8 +51,9 @@ def _listing(backend: Backend, kind: str) -> dict[str, int]:
     return names
 
 
-def _raises(exc: type[BaseException], what: str, fn: Callable[..., Any], *args: Any,
-            **kwargs: Any) -> BaseException:
+def _raises(
+    exc: type[BaseException], what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any
+) -> BaseException:
     try:
         fn(*args, **kwargs)
     except exc as e:
@@ -97,7 +98,10 @@ def check_create_over_store(backend: Backend) -> None:
 def check_write_read(backend: Backend) -> None:
     """Every kind: what is written reads back whole, from bytes, bytearray or memoryview."""
     wrappers: tuple[Callable[[bytes], bytes | bytearray | memoryview], ...] = (
-        bytes, bytearray, memoryview)
+        bytes,
+        bytearray,
+        memoryview,
+    )
     for i, kind in enumerate(KINDS):
         for j, wrap in enumerate(wrappers):
             data = _data(f"{kind}-{j}", 100 + 977 * i + j)
@@ -128,8 +132,11 @@ def check_large_object(backend: Backend) -> None:
     name = content_name(data)
     backend.write("data", name, memoryview(data))
     _eq(backend.read("data", name) == data, True, "read of a large object is whole")
-    _eq(backend.read_range("data", name, len(data) - 100, 100), data[-100:],
-        "read_range at the end of a large object")
+    _eq(
+        backend.read_range("data", name, len(data) - 100, 100),
+        data[-100:],
+        "read_range at the end of a large object",
+    )
     _eq(_listing(backend, "data"), {name: len(data)}, "list of a large object")
 
 
@@ -139,13 +146,31 @@ def check_read_range(backend: Backend) -> None:
     name = content_name(data)
     backend.write("data", name, data)
     n = len(data)
-    for offset, length in ((0, n), (0, 1), (1, 10), (4000, 103), (n - 1, 1), (n, 0),
-                           (17, 0), (1234, 2000)):
-        _eq(backend.read_range("data", name, offset, length), data[offset:offset + length],
-            f"read_range(offset={offset}, length={length})")
+    for offset, length in (
+        (0, n),
+        (0, 1),
+        (1, 10),
+        (4000, 103),
+        (n - 1, 1),
+        (n, 0),
+        (17, 0),
+        (1234, 2000),
+    ):
+        _eq(
+            backend.read_range("data", name, offset, length),
+            data[offset : offset + length],
+            f"read_range(offset={offset}, length={length})",
+        )
     for offset, length in ((n - 10, 11), (n, 1), (n + 100, 5)):
-        _raises(BackendError, f"read_range(offset={offset}, length={length}) past the end "
-                f"of {n} bytes", backend.read_range, "data", name, offset, length)
+        _raises(
+            BackendError,
+            f"read_range(offset={offset}, length={length}) past the end of {n} bytes",
+            backend.read_range,
+            "data",
+            name,
+            offset,
+            length,
+        )
 
 
 def check_read_missing(backend: Backend) -> None:
@@ -154,8 +179,9 @@ def check_read_missing(backend: Backend) -> None:
         name = content_name(kind.encode())
         _eq(backend.exists(kind, name), False, f"exists({kind}/missing)")
         _raises(FileNotFoundError, f"read({kind}/missing)", backend.read, kind, name)
-        _raises(FileNotFoundError, f"read_range({kind}/missing)", backend.read_range, kind,
-                name, 0, 1)
+        _raises(
+            FileNotFoundError, f"read_range({kind}/missing)", backend.read_range, kind, name, 0, 1
+        )
     _raises(FileNotFoundError, "read(config) of a store without one", backend.read, *CONFIG)
 
 
@@ -181,8 +207,15 @@ def check_immutable_kinds(backend: Backend) -> None:
         name = content_name(data)
         backend.write(kind, name, data, exclusive=True)
         backend.write(kind, name, data)  # the same again: fine, nothing changes
-        _raises(FileExistsError, f"exclusive write of existing {kind}/{name}",
-                backend.write, kind, name, data, exclusive=True)
+        _raises(
+            FileExistsError,
+            f"exclusive write of existing {kind}/{name}",
+            backend.write,
+            kind,
+            name,
+            data,
+            exclusive=True,
+        )
         # names are content hashes, so other bytes under the same name can only be damage
         backend.write(kind, name, b"something else")
         _eq(backend.read(kind, name), data, f"{kind}/{name} after writing it again")
@@ -198,8 +231,15 @@ def check_mutable_kinds(backend: Backend) -> None:
         _eq(backend.read(kind, name), first, f"{kind}/{name} after the first write")
         backend.write(kind, name, second)
         _eq(backend.read(kind, name), second, f"{kind}/{name} after being replaced")
-        _raises(FileExistsError, f"exclusive write of existing {kind}/{name}",
-                backend.write, kind, name, first, exclusive=True)
+        _raises(
+            FileExistsError,
+            f"exclusive write of existing {kind}/{name}",
+            backend.write,
+            kind,
+            name,
+            first,
+            exclusive=True,
+        )
         _eq(backend.read(kind, name), second, f"{kind}/{name} after a refused write")
         _eq(_listing(backend, kind), {name: len(second)}, f"list({kind!r})")
 
@@ -212,8 +252,11 @@ def check_read_range_after_replace(backend: Backend) -> None:
         backend.write(kind, "state", first)
         _eq(backend.read_range(kind, "state", 0, 32), first[:32], f"read_range of {kind}")
         backend.write(kind, "state", second)
-        _eq(backend.read_range(kind, "state", 0, 32), second[:32],
-            f"read_range of {kind}/state after it was replaced")
+        _eq(
+            backend.read_range(kind, "state", 0, 32),
+            second[:32],
+            f"read_range of {kind}/state after it was replaced",
+        )
 
 
 def check_remove(backend: Backend) -> None:
@@ -228,8 +271,15 @@ def check_remove(backend: Backend) -> None:
         backend.remove(kind, dname)
         _eq(backend.exists(kind, dname), False, f"exists({kind}) after remove")
         _raises(FileNotFoundError, f"read({kind}) after remove", backend.read, kind, dname)
-        _raises(FileNotFoundError, f"read_range({kind}) after remove", backend.read_range,
-                kind, dname, 0, 5)
+        _raises(
+            FileNotFoundError,
+            f"read_range({kind}) after remove",
+            backend.read_range,
+            kind,
+            dname,
+            0,
+            5,
+        )
         _eq(_listing(backend, kind), {kname: len(keep)}, f"list({kind!r}) after remove")
         backend.remove(kind, dname)  # again: idempotent
         backend.remove(kind, content_name(b"never written"))
@@ -244,8 +294,11 @@ def check_write_after_remove(backend: Backend) -> None:
     _eq(backend.read_range("data", name, 0, 100), data[:100], "read_range before remove")
     backend.remove("data", name)
     backend.write("data", name, data)
-    _eq(backend.read_range("data", name, 100, 100), data[100:200],
-        "read_range after remove and write")
+    _eq(
+        backend.read_range("data", name, 100, 100),
+        data[100:200],
+        "read_range after remove and write",
+    )
     backend.write("locks", "x", b"one")
     backend.remove("locks", "x")
     backend.write("locks", "x", b"two", exclusive=True)
@@ -265,8 +318,11 @@ def check_upload(backend: Backend) -> None:
     up.commit("data", name)
     _eq(backend.read("data", name) == whole, True, "read of a committed upload")
     _eq(_listing(backend, "data"), {name: len(whole)}, "list(data) after commit")
-    _eq(backend.read_range("data", name, 69990, 20), whole[69990:70010],
-        "read_range across the parts of an upload")
+    _eq(
+        backend.read_range("data", name, 69990, 20),
+        whole[69990:70010],
+        "read_range across the parts of an upload",
+    )
 
     gone = backend.upload()
     gone.write(_data("aborted", 5000))
@@ -310,8 +366,7 @@ def _run_threads(n: int, target: Callable[[int], None]) -> None:
     for t in threads:
         t.join()
     if errors:
-        raise AssertionError(f"{len(errors)} of {n} threads failed: {errors[0]!r}") \
-            from errors[0]
+        raise AssertionError(f"{len(errors)} of {n} threads failed: {errors[0]!r}") from errors[0]
 
 
 def check_concurrent_writes(backend: Backend) -> None:
@@ -338,8 +393,11 @@ def check_concurrent_writes(backend: Backend) -> None:
         for name, data in w.items():
             _eq(backend.read("data", name) == data, True, f"data/{name} written concurrently")
     _eq(backend.read("data", shared_name) == shared, True, "an object all threads wrote")
-    _eq(sorted(_listing(backend, "locks")), sorted(f"t{i}" for i in range(n)),
-        "locks written concurrently")
+    _eq(
+        sorted(_listing(backend, "locks")),
+        sorted(f"t{i}" for i in range(n)),
+        "locks written concurrently",
+    )
 
 
 def check_concurrent_exclusive(backend: Backend) -> None:
@@ -350,8 +408,7 @@ def check_concurrent_exclusive(backend: Backend) -> None:
         won: list[int] = []
         lost: list[int] = []
 
-        def race(i: int, name: str = name, won: list[int] = won,
-                 lost: list[int] = lost) -> None:
+        def race(i: int, name: str = name, won: list[int] = won, lost: list[int] = lost) -> None:
             try:
                 backend.write("locks", name, str(i).encode(), exclusive=True)
             except FileExistsError:
@@ -379,9 +436,10 @@ def check_concurrent_reads(backend: Backend) -> None:
                 j = (k * 7 + i * 31 + rounds) % len(objs)
                 off = (i * 97 + k) % 2000
                 got = backend.read_range("data", names[j], off, 48)
-                if got != objs[j][off:off + 48]:
-                    raise AssertionError(f"read_range of data/{names[j]} at {off} returned "
-                                         "other bytes")
+                if got != objs[j][off : off + 48]:
+                    raise AssertionError(
+                        f"read_range of data/{names[j]} at {off} returned other bytes"
+                    )
 
     _run_threads(6, work)
 
@@ -400,8 +458,11 @@ def check_concurrent_uploads(backend: Backend) -> None:
         up.commit("data", content_name(wholes[i]))
 
     _run_threads(n, work)
-    _eq(_listing(backend, "data"), {content_name(w): len(w) for w in wholes},
-        "list after concurrent uploads")
+    _eq(
+        _listing(backend, "data"),
+        {content_name(w): len(w) for w in wholes},
+        "list after concurrent uploads",
+    )
     for w in wholes:
         _eq(backend.read("data", content_name(w)) == w, True, "a concurrent upload")
 
@@ -455,8 +516,7 @@ def run_check(factory: Callable[[], Backend], check: Check) -> None:
         backend.close()
 
 
-def run_conformance(factory: Callable[[], Backend], checks: Iterable[Check] = CHECKS
-                    ) -> None:
+def run_conformance(factory: Callable[[], Backend], checks: Iterable[Check] = CHECKS) -> None:
     """Run every check, each on a new backend; raises AssertionError naming the first
     check that fails."""
     for check in checks:
