@@ -65,7 +65,7 @@ class ToolError(Exception):
     """A tool failed one phase: that tool is skipped for the rest of the run."""
 
 
-# ---------------------------------------------------------------- small helpers
+# ---------------------------------------------------------------- small utilities
 
 
 def log(msg: str) -> None:
@@ -84,7 +84,7 @@ def tail(path: Path, lines: int = 3, width: int = 400) -> str:
 
 
 def run_quiet(cmd: Sequence[str], what: str, cwd: Path | None = None) -> str:
-    """Run a helper command (not timed); return its stdout or raise BenchError."""
+    """Run an untimed auxiliary command; return its stdout or raise BenchError."""
     try:
         proc = subprocess.run(list(cmd), cwd=cwd, capture_output=True, text=True, check=False)
     except OSError as e:
