@@ -20,6 +20,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
+from isidorus.backup.errors import BackendError
 from isidorus.backup.pack import BlobEntry
 
 SCHEMA = """
@@ -102,13 +103,17 @@ class IndexCache:
         """The one write path: BEGIN IMMEDIATE, so concurrent writers queue, not fail."""
         self._end_read()
         db = self.db
-        db.execute("BEGIN IMMEDIATE")
         try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise BackendError(f"the index cache {self.path} failed ({exc}): free space, or "
+                               "delete that file (it is rebuilt from the store)") from None
         self.generation += 1
 
     def close(self) -> None:

@@ -23,7 +23,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from isidorus.backup.errors import PathNotFound
+from isidorus.backup.errors import BackupError, PathNotFound
 from isidorus.backup.progress import NullProgress, Progress
 from isidorus.backup.repository import Repository
 from isidorus.backup.tree import Node, decode_tree
@@ -52,6 +52,7 @@ class RestoreResult:
                 "seconds": round(self.seconds, 3), "errors": self.errors}
 
 _MAX_JOBS = 256  # files queued for the pool before the walk waits
+_FATAL = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)  # no later file would fare better
 
 
 @functools.lru_cache(maxsize=4096)
@@ -184,6 +185,9 @@ class Restorer:
         except BaseException as exc:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+            if isinstance(exc, OSError) and exc.errno in _FATAL:
+                raise BackupError(f"cannot write {os.fsdecode(path)}: {exc.strerror}; free "
+                                  "space (or choose another target), then restore again") from None
             if isinstance(exc, OSError):
                 self._error(path, exc.strerror or str(exc))
                 return
