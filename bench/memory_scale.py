@@ -30,8 +30,9 @@ FILE_SIZE = 8 << 10  # ~10 chunks a file, so trees stay as small as in real stor
 
 
 def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, int]:
-    out = subprocess.run(["/usr/bin/time", "-f", "%e %M", *cmd], env=env,
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        ["/usr/bin/time", "-f", "%e %M", *cmd], env=env, capture_output=True, text=True
+    )
     if out.returncode not in (0,):
         sys.exit(f"error: {' '.join(cmd[:3])} failed: {out.stderr.strip()[-400:]}")
     secs, kib = out.stderr.strip().splitlines()[-1].split()
@@ -58,12 +59,21 @@ def run_size(work: str, chunks: int, env: dict[str, str]) -> dict[str, tuple[flo
     shutil.rmtree(base, ignore_errors=True)
     store, data = os.path.join(base, "store"), os.path.join(base, "data")
     make_tree(data, chunks, seed=chunks)
-    subprocess.run([PY, "-c", (
-        "import sys; from isidorus.backup.repository import Repository;"
-        "from isidorus.backup.remote.local import LocalBackend;"
-        "from isidorus.backup.crypto import KdfParams;"
-        f"Repository.init(LocalBackend({store!r}), lambda: b'bench', kdf=KdfParams(1, 8192, 1),"
-        f" chunker={CHUNKER!r})")], check=True, env=env)
+    subprocess.run(
+        [
+            PY,
+            "-c",
+            (
+                "import sys; from isidorus.backup.repository import Repository;"
+                "from isidorus.backup.remote.local import LocalBackend;"
+                "from isidorus.backup.crypto import KdfParams;"
+                f"Repository.init(LocalBackend({store!r}), lambda: b'bench', kdf=KdfParams(1, 8192, 1),"
+                f" chunker={CHUNKER!r})"
+            ),
+        ],
+        check=True,
+        env=env,
+    )
     env = {**env, "ISIDORUS_CACHE_DIR": os.path.join(base, "cache")}
     res = {}
     res["first backup"] = timed([ISIDORUS, "backup", "create", store, data, "--tag", "a"], env)
@@ -89,11 +99,15 @@ def main() -> None:
     sizes = [int(s) for s in a.sizes.split(",")]
     results = {n: run_size(a.work, n, env) for n in sizes}
     small, big = sizes[0], sizes[-1]
-    print(f"{'phase':20} " + " ".join(f"{f'{n:,} chunks':>26}" for n in sizes)
-          + f" {'peak ratio':>11}")
+    print(
+        f"{'phase':20} "
+        + " ".join(f"{f'{n:,} chunks':>26}" for n in sizes)
+        + f" {'peak ratio':>11}"
+    )
     for phase in results[small]:
-        cells = " ".join(f"{results[n][phase][0]:9.1f} s {results[n][phase][1] / 1024:9.1f} MiB"
-                         for n in sizes)
+        cells = " ".join(
+            f"{results[n][phase][0]:9.1f} s {results[n][phase][1] / 1024:9.1f} MiB" for n in sizes
+        )
         ratio = results[big][phase][1] / results[small][phase][1]
         print(f"{phase:20} {cells} {ratio:10.2f}x")
 

@@ -31,16 +31,20 @@ def _default_cache() -> str:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("cache_dir", _default_cache(),
-            "Where the local index caches of stores are kept (safe to delete)."),
+    Setting(
+        "cache_dir",
+        _default_cache(),
+        "Where the local index caches of stores are kept (safe to delete).",
+    ),
     Setting("backup_threads", 0, "Worker threads for backup and restore; 0 means one per core."),
 )
 
 CONFIG_FILE = "/etc/isidorus/isidorus.toml"
 
 
-def load(config_file: str | None = None, environ: Mapping[str, str] | None = None
-         ) -> dict[str, Any]:
+def load(
+    config_file: str | None = None, environ: Mapping[str, str] | None = None
+) -> dict[str, Any]:
     env = os.environ if environ is None else environ
     path = config_file or env.get("ISIDORUS_CONFIG", CONFIG_FILE)
     values = {s.name: s.default for s in SETTINGS}
@@ -61,6 +65,7 @@ def load(config_file: str | None = None, environ: Mapping[str, str] | None = Non
             try:
                 values[s.name] = type(s.default)(raw)
             except ValueError:
-                raise UsageError(f"ISIDORUS_{s.name.upper()}={raw!r} is not a valid "
-                                 f"{type(s.default).__name__}") from None
+                raise UsageError(
+                    f"ISIDORUS_{s.name.upper()}={raw!r} is not a valid {type(s.default).__name__}"
+                ) from None
     return values

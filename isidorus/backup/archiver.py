@@ -76,12 +76,20 @@ class BackupResult:
         return bool(self.errors)
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.snapshot.id, "short_id": self.snapshot.short_id,
-                "time": self.snapshot.to_json()["time"], "files": self.files,
-                "dirs": self.dirs, "bytes_read": self.bytes_read,
-                "bytes_total": self.bytes_total, "bytes_new": self.bytes_new,
-                "bytes_stored": self.bytes_stored, "seconds": round(self.seconds, 3),
-                "partial": self.partial, "errors": list(self.errors)}
+        return {
+            "id": self.snapshot.id,
+            "short_id": self.snapshot.short_id,
+            "time": self.snapshot.to_json()["time"],
+            "files": self.files,
+            "dirs": self.dirs,
+            "bytes_read": self.bytes_read,
+            "bytes_total": self.bytes_total,
+            "bytes_new": self.bytes_new,
+            "bytes_stored": self.bytes_stored,
+            "seconds": round(self.seconds, 3),
+            "partial": self.partial,
+            "errors": list(self.errors),
+        }
 
 
 class FileChanged(Exception):
@@ -102,8 +110,9 @@ class PendingDir:
     tree_id: bytes | None = None
 
     def ready(self) -> bool:
-        return all(c.future is None or c.future.done()
-                   for c in self.children if isinstance(c, FileJob))
+        return all(
+            c.future is None or c.future.done() for c in self.children if isinstance(c, FileJob)
+        )
 
 
 def data_regions(fd: int, size: int) -> Iterator[tuple[int, int]]:
@@ -137,8 +146,9 @@ def _exclude_matcher(patterns: tuple[str, ...]) -> Callable[[bytes], bool]:
 
 
 class Archiver:
-    def __init__(self, repo: Repository, options: BackupOptions,
-                 progress: Progress | None = None) -> None:
+    def __init__(
+        self, repo: Repository, options: BackupOptions, progress: Progress | None = None
+    ) -> None:
         self.repo = repo
         self.opts = options
         self.progress = progress or NullProgress()
@@ -167,9 +177,12 @@ class Archiver:
         c: FastCDC | None = getattr(self.local, "cdc", None)
         if c is None:
             ch = self.repo.chunker
-            c = self.local.cdc = FastCDC(ch["avg_size"], min_size=ch["min_size"],
-                                         max_size=ch["max_size"],
-                                         seed=self.repo.crypto.key.chunker_seed)
+            c = self.local.cdc = FastCDC(
+                ch["avg_size"],
+                min_size=ch["min_size"],
+                max_size=ch["max_size"],
+                seed=self.repo.crypto.key.chunker_seed,
+            )
         return c
 
     def zero_id(self, n: int) -> bytes:
@@ -208,7 +221,7 @@ class Archiver:
         while True:
             want = min(len(buf) - filled, end - pos)
             if want:
-                got = os.preadv(fd, [buf[filled:filled + want]], pos)
+                got = os.preadv(fd, [buf[filled : filled + want]], pos)
                 if got != want:
                     raise FileChanged  # shrank while we read
                 pos += got
@@ -227,7 +240,7 @@ class Archiver:
                 done = c.offset + c.length
             if last:
                 return end - start
-            buf[:filled - done] = buf[done:filled]
+            buf[: filled - done] = buf[done:filled]
             filled -= done
 
     def read_content(self, fd: int, st: os.stat_result) -> list[list[Any]]:
@@ -247,8 +260,9 @@ class Archiver:
             content.append([None, size - pos])
         return content
 
-    def read_file(self, path: bytes, walked: os.stat_result
-                  ) -> tuple[list[list[Any]], os.stat_result]:
+    def read_file(
+        self, path: bytes, walked: os.stat_result
+    ) -> tuple[list[list[Any]], os.stat_result]:
         for _attempt in range(_ATTEMPTS):
             try:
                 fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NOATIME)
@@ -263,8 +277,11 @@ class Archiver:
                 except FileChanged:
                     continue
                 after = os.fstat(fd)
-                if (after.st_size, after.st_mtime_ns, after.st_ctime_ns) == \
-                        (before.st_size, before.st_mtime_ns, before.st_ctime_ns):
+                if (after.st_size, after.st_mtime_ns, after.st_ctime_ns) == (
+                    before.st_size,
+                    before.st_mtime_ns,
+                    before.st_ctime_ns,
+                ):
                     holes = sum(n for cid, n in content if cid is None)
                     self.progress.advance(items=1, nbytes=holes)
                     return content, before
@@ -273,8 +290,9 @@ class Archiver:
         raise FileChanged
 
     # -- the walk
-    def file_job(self, path: bytes, name: bytes, st: os.stat_result,
-                 parent: Node | None, rel: bytes) -> FileJob | Node:
+    def file_job(
+        self, path: bytes, name: bytes, st: os.stat_result, parent: Node | None, rel: bytes
+    ) -> FileJob | Node:
         self._count("files", 1)
         self._count("bytes_total", st.st_size)
         if st.st_nlink > 1:
@@ -282,17 +300,27 @@ class Archiver:
             if first is not None:
                 node = make_node(name, st, path)
                 node.update(type="hardlink", target=first[0], size=st.st_size)
-                return FileJob(node, path, first[1].future) if first[1].future else \
-                    {**node, "content": first[1].node.get("content", [])}
+                return (
+                    FileJob(node, path, first[1].future)
+                    if first[1].future
+                    else {**node, "content": first[1].node.get("content", [])}
+                )
         node = make_node(name, st, path)
         node["size"] = st.st_size
         job = FileJob(node, path)
         # a parent's chunks are indexed (snapshots are written after their index); only
         # a running gc may have condemned some of them since
-        if parent is not None and unchanged(parent, st) and not (
-                self.repo.cache.has_condemned and any(
+        if (
+            parent is not None
+            and unchanged(parent, st)
+            and not (
+                self.repo.cache.has_condemned
+                and any(
                     cid is not None and self.repo.cache.is_condemned(cid)
-                    for cid, _n in parent["content"])):
+                    for cid, _n in parent["content"]
+                )
+            )
+        ):
             node["content"] = parent["content"]
             self.progress.advance(items=1, nbytes=st.st_size)
         else:
@@ -302,8 +330,15 @@ class Archiver:
             self.hardlinks[(st.st_dev, st.st_ino)] = (rel, job)
         return job
 
-    def walk_dir(self, path: bytes, name: bytes, st: os.stat_result, parent: Node | None,
-                 rel: bytes, root_dev: int) -> PendingDir:
+    def walk_dir(
+        self,
+        path: bytes,
+        name: bytes,
+        st: os.stat_result,
+        parent: Node | None,
+        rel: bytes,
+        root_dev: int,
+    ) -> PendingDir:
         self._count("dirs", 1)
         pd = PendingDir(make_node(name, st, path))
         parent_nodes = self.parent_nodes(parent)
@@ -329,8 +364,15 @@ class Archiver:
         self.drain()
         return pd
 
-    def walk_entry(self, path: bytes, name: bytes, st: os.stat_result, prev: Node | None,
-                   rel: bytes, root_dev: int) -> PendingDir | FileJob | Node:
+    def walk_entry(
+        self,
+        path: bytes,
+        name: bytes,
+        st: os.stat_result,
+        prev: Node | None,
+        rel: bytes,
+        root_dev: int,
+    ) -> PendingDir | FileJob | Node:
         if stat.S_ISDIR(st.st_mode):
             return self.walk_dir(path, name, st, prev, rel, root_dev)
         if stat.S_ISREG(st.st_mode):
@@ -376,8 +418,12 @@ class Archiver:
                         continue
                     if node["type"] == "file":
                         self.jobs -= 1
-                        node.update(size=st.st_size, mtime=st.st_mtime_ns,
-                                    ctime=st.st_ctime_ns, ino=st.st_ino)
+                        node.update(
+                            size=st.st_size,
+                            mtime=st.st_mtime_ns,
+                            ctime=st.st_ctime_ns,
+                            ino=st.st_ino,
+                        )
                     node["content"] = content
                 nodes.append(node)
             else:
@@ -393,8 +439,13 @@ class Archiver:
         return tid
 
     # -- the whole snapshot
-    def run(self, kind: str, build: Callable[[Node | None], bytes],
-            parent: Snapshot | None, paths: tuple[str, ...]) -> BackupResult:
+    def run(
+        self,
+        kind: str,
+        build: Callable[[Node | None], bytes],
+        parent: Snapshot | None,
+        paths: tuple[str, ...],
+    ) -> BackupResult:
         t0 = time.monotonic()
         try:
             root_parent = {"type": "dir", "subtree": parent.tree} if parent else None
@@ -405,22 +456,44 @@ class Archiver:
             self.saver.close()
         seconds = time.monotonic() - t0
         st = self.saver.stats
-        summary = {**self.counts, "bytes_new": st.bytes_new, "bytes_stored": st.bytes_stored,
-                   "blobs_new": st.blobs_new, "seconds": round(seconds, 3)}
+        summary = {
+            **self.counts,
+            "bytes_new": st.bytes_new,
+            "bytes_stored": st.bytes_stored,
+            "blobs_new": st.blobs_new,
+            "seconds": round(seconds, 3),
+        }
         snap = Snapshot(
-            id="", time=self.opts.time or datetime.now(UTC),
-            hostname=self.opts.hostname or socket.gethostname(), username=getpass.getuser(),
-            paths=paths, tags=tuple(sorted(set(self.opts.tags))), kind=kind, tree=tree_id,
-            partial=bool(self.errors), errors=tuple(self.errors), summary=summary,
-            parent=parent.id if parent else None)
+            id="",
+            time=self.opts.time or datetime.now(UTC),
+            hostname=self.opts.hostname or socket.gethostname(),
+            username=getpass.getuser(),
+            paths=paths,
+            tags=tuple(sorted(set(self.opts.tags))),
+            kind=kind,
+            tree=tree_id,
+            partial=bool(self.errors),
+            errors=tuple(self.errors),
+            summary=summary,
+            parent=parent.id if parent else None,
+        )
         sid = self.repo.save_snapshot(snap)
         snap = Snapshot(**{**snap.__dict__, "id": sid})
-        return BackupResult(snap, self.counts["files"], self.counts["dirs"],
-                            self.counts["bytes_read"], self.counts["bytes_total"],
-                            st.bytes_new, st.bytes_stored, seconds, tuple(self.errors))
+        return BackupResult(
+            snap,
+            self.counts["files"],
+            self.counts["dirs"],
+            self.counts["bytes_read"],
+            self.counts["bytes_total"],
+            st.bytes_new,
+            st.bytes_stored,
+            seconds,
+            tuple(self.errors),
+        )
 
     def build_paths(self, paths: list[bytes]) -> Callable[[Node | None], bytes]:
         """The root tree holds each path under its full name: /srv/data is srv → data."""
+
         def build(root_parent: Node | None) -> bytes:
             root = PendingDir(None)
             tree: dict[bytes, Any] = {}
@@ -440,10 +513,12 @@ class Archiver:
                 self.drain(block=True)
             assert root.tree_id is not None
             return root.tree_id
+
         return build
 
-    def _build_level(self, pd: PendingDir, level: dict[bytes, Any], prefix: bytes,
-                     parent: Node | None) -> None:
+    def _build_level(
+        self, pd: PendingDir, level: dict[bytes, Any], prefix: bytes, parent: Node | None
+    ) -> None:
         parent_nodes = self.parent_nodes(parent)
         for name in sorted(level):
             path = prefix + b"/" + name
@@ -495,16 +570,18 @@ def _estimate(sources: list[bytes], options: BackupOptions, progress: Progress) 
     progress.set_total(files, total)
 
 
-def find_parent(repo: Repository, paths: tuple[str, ...], kind: str,
-                explicit: str | None) -> Snapshot | None:
+def find_parent(
+    repo: Repository, paths: tuple[str, ...], kind: str, explicit: str | None
+) -> Snapshot | None:
     if explicit:
         return repo.find_snapshot(explicit)
     same = [s for s in repo.list_snapshots() if s.paths == paths and s.kind == kind]
     return same[-1] if same else None
 
 
-def create_snapshot(repo: Repository, options: BackupOptions,
-                    progress: Progress | None = None) -> BackupResult:
+def create_snapshot(
+    repo: Repository, options: BackupOptions, progress: Progress | None = None
+) -> BackupResult:
     """Back up files and directories. Thread-safe against other sessions on the store (the
     caller holds a session); raises SourceError before writing anything when a path is
     missing."""
@@ -515,10 +592,12 @@ def create_snapshot(repo: Repository, options: BackupOptions,
     est = parent.summary if parent else {}
     arch.progress.start("backup", est.get("files"), est.get("bytes_total"))
     if parent is None and arch.progress.live:
-        threading.Thread(target=_estimate, args=(sources, options, arch.progress),
-                         daemon=True, name="estimate").start()
+        threading.Thread(
+            target=_estimate, args=(sources, options, arch.progress), daemon=True, name="estimate"
+        ).start()
     try:
         if sources == [b"/"]:
+
             def build(root_parent: Node | None) -> bytes:
                 st = os.lstat("/")
                 pd = arch.walk_dir(b"/", b"", st, root_parent, b"", st.st_dev)
@@ -526,14 +605,16 @@ def create_snapshot(repo: Repository, options: BackupOptions,
                     arch.drain(block=True)
                 assert pd.tree_id is not None
                 return pd.tree_id
+
             return arch.run("files", build, parent, paths)
         return arch.run("files", arch.build_paths(sources), parent, paths)
     finally:
         arch.progress.finish()
 
 
-def create_image_snapshot(repo: Repository, path: str, options: BackupOptions,
-                          progress: Progress | None = None) -> BackupResult:
+def create_image_snapshot(
+    repo: Repository, path: str, options: BackupOptions, progress: Progress | None = None
+) -> BackupResult:
     """Back up a disk image or block device with fixed-size chunks; zero chunks and holes
     are not stored."""
     try:
@@ -562,7 +643,7 @@ def create_image_snapshot(repo: Repository, path: str, options: BackupOptions,
                 if got != n:
                     raise SourceError(f"{path} got shorter while being read")
                 for off in range(0, n, cs):
-                    piece = view[off:off + cs]
+                    piece = view[off : off + cs]
                     cid = repo.crypto.chunk_id(piece)
                     if cid == arch.zero_id(len(piece)):
                         out.append([None, len(piece)])
@@ -576,8 +657,9 @@ def create_image_snapshot(repo: Repository, path: str, options: BackupOptions,
             return out
 
         def build(root_parent: Node | None) -> bytes:
-            regions: list[tuple[int, int]] = list(data_regions(fd, size)) \
-                if stat.S_ISREG(st.st_mode) else [(0, size)]
+            regions: list[tuple[int, int]] = (
+                list(data_regions(fd, size)) if stat.S_ISREG(st.st_mode) else [(0, size)]
+            )
             # align to chunks so an unchanged region gives the same chunks next time
             jobs: list[tuple[int, Future[list[list[Any]]] | None]] = []
             pos = 0
@@ -595,7 +677,7 @@ def create_image_snapshot(repo: Repository, path: str, options: BackupOptions,
                 jobs.append((size - pos, None))
             content: list[list[Any]] = []
             for hole, fut in jobs:
-                for item in ([[None, hole]] if fut is None else fut.result()):
+                for item in [[None, hole]] if fut is None else fut.result():
                     if item[0] is None and content and content[-1][0] is None:
                         content[-1][1] += item[1]
                     else:
@@ -612,9 +694,13 @@ def create_image_snapshot(repo: Repository, path: str, options: BackupOptions,
         arch.progress.finish()
 
 
-def create_stream_snapshot(repo: Repository, name: str, stream: BinaryIO,
-                           options: BackupOptions, progress: Progress | None = None
-                           ) -> BackupResult:
+def create_stream_snapshot(
+    repo: Repository,
+    name: str,
+    stream: BinaryIO,
+    options: BackupOptions,
+    progress: Progress | None = None,
+) -> BackupResult:
     """Back up a stream (a database dump on stdin) as one file NAME, with no temporary
     copy: chunks are cut as the bytes arrive and saved by the pool."""
     if not name or "/" in name or name in (".", ".."):
@@ -640,10 +726,20 @@ def create_stream_snapshot(repo: Repository, name: str, stream: BinaryIO,
         while futures:
             content.extend(futures.popleft().result())
         now = time.time_ns()
-        node: Node = {"name": os.fsencode(name), "type": "file", "mode": 0o600,
-                      "uid": os.getuid(), "gid": os.getgid(), "user": None, "group": None,
-                      "mtime": now, "ctime": now, "ino": 0, "size": size,
-                      "content": content}
+        node: Node = {
+            "name": os.fsencode(name),
+            "type": "file",
+            "mode": 0o600,
+            "uid": os.getuid(),
+            "gid": os.getgid(),
+            "user": None,
+            "group": None,
+            "mtime": now,
+            "ctime": now,
+            "ino": 0,
+            "size": size,
+            "content": content,
+        }
         arch.counts.update(files=1, bytes_read=size, bytes_total=size)
         return arch.save_tree([node])
 
@@ -651,4 +747,3 @@ def create_stream_snapshot(repo: Repository, name: str, stream: BinaryIO,
         return arch.run("files", build, None, (name,))
     finally:
         arch.progress.finish()
-

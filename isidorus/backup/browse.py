@@ -23,8 +23,9 @@ def walk(repo: Repository, tid: bytes, prefix: str) -> Iterator[tuple[str, Node]
             yield from walk(repo, node["subtree"], path)
 
 
-def list_path(repo: Repository, snap: Snapshot, path: str = "/",
-              recursive: bool = True) -> Iterator[tuple[str, Node]]:
+def list_path(
+    repo: Repository, snap: Snapshot, path: str = "/", recursive: bool = True
+) -> Iterator[tuple[str, Node]]:
     node = lookup_path(repo, snap, path)
     if node is None:
         raise PathNotFound(f"{path} is not in snapshot {snap.short_id}")
@@ -65,8 +66,11 @@ def cat(repo: Repository, snap: Snapshot, path: str, out: BinaryIO) -> int:
 
 
 def _same_content(a: Node, b: Node) -> bool:
-    return bool(a.get("content") == b.get("content") and a.get("target") == b.get("target")
-                and a.get("subtree") == b.get("subtree"))
+    return bool(
+        a.get("content") == b.get("content")
+        and a.get("target") == b.get("target")
+        and a.get("subtree") == b.get("subtree")
+    )
 
 
 def _same_meta(a: Node, b: Node) -> bool:
@@ -80,8 +84,9 @@ def diff(repo: Repository, a: Snapshot, b: Snapshot) -> Iterator[tuple[str, str]
     yield from _diff_trees(repo, a.tree, b.tree, "")
 
 
-def _diff_trees(repo: Repository, ta: bytes | None, tb: bytes | None,
-                prefix: str) -> Iterator[tuple[str, str]]:
+def _diff_trees(
+    repo: Repository, ta: bytes | None, tb: bytes | None, prefix: str
+) -> Iterator[tuple[str, str]]:
     if ta == tb:
         return
     na = {n["name"]: n for n in decode_tree(repo.load_blob(ta))} if ta else {}

@@ -37,8 +37,9 @@ class KdfParams:
     parallelism: int = 2
 
     def derive(self, passphrase: bytes, salt: bytes) -> bytes:
-        return hash_secret_raw(passphrase, salt, self.time_cost, self.memory_kib,
-                               self.parallelism, 32, Type.ID)
+        return hash_secret_raw(
+            passphrase, salt, self.time_cost, self.memory_kib, self.parallelism, 32, Type.ID
+        )
 
 
 @dataclass(frozen=True)
@@ -50,12 +51,12 @@ class MasterKey:
     @classmethod
     def generate(cls) -> MasterKey:
         # the seed alters a 64-bit gear table; pyfastcdc takes a non-negative int
-        return cls(secrets.token_bytes(32), secrets.token_bytes(32),
-                   secrets.randbits(63))
+        return cls(secrets.token_bytes(32), secrets.token_bytes(32), secrets.randbits(63))
 
     def to_json(self) -> bytes:
-        return json.dumps({"enc": _b64(self.enc), "mac": _b64(self.mac),
-                           "chunker_seed": self.chunker_seed}).encode()
+        return json.dumps(
+            {"enc": _b64(self.enc), "mac": _b64(self.mac), "chunker_seed": self.chunker_seed}
+        ).encode()
 
     @classmethod
     def from_json(cls, data: bytes) -> MasterKey:
@@ -88,8 +89,9 @@ class Crypto:
         nonce = os.urandom(NONCE)
         return nonce + self._aead.encrypt(nonce, data, aad)
 
-    def seal_parts(self, data: bytes | bytearray | memoryview, aad: bytes
-                   ) -> tuple[bytes, bytes | bytearray | memoryview]:
+    def seal_parts(
+        self, data: bytes | bytearray | memoryview, aad: bytes
+    ) -> tuple[bytes, bytes | bytearray | memoryview]:
         """`seal` as (nonce, ciphertext), sparing a copy of large blobs."""
         if self._aead is None:
             return b"", data
@@ -104,8 +106,9 @@ class Crypto:
         try:
             return self._aead.decrypt(blob[:NONCE], blob[NONCE:], aad)
         except InvalidTag:
-            raise IntegrityError(f"{what} failed authentication (damaged or tampered with)")\
-                from None
+            raise IntegrityError(
+                f"{what} failed authentication (damaged or tampered with)"
+            ) from None
 
 
 # -- key files: the master key wrapped by the passphrase
@@ -118,9 +121,13 @@ def wrap_key(master: MasterKey, passphrase: bytes, kdf: KdfParams) -> bytes:
     sealed = nonce + AESGCM(kek).encrypt(nonce, master.to_json(), b"isidorus key")
     doc = {
         "version": 1,
-        "kdf": {"algorithm": "argon2id", "time_cost": kdf.time_cost,
-                "memory_kib": kdf.memory_kib, "parallelism": kdf.parallelism,
-                "salt": _b64(salt)},
+        "kdf": {
+            "algorithm": "argon2id",
+            "time_cost": kdf.time_cost,
+            "memory_kib": kdf.memory_kib,
+            "parallelism": kdf.parallelism,
+            "salt": _b64(salt),
+        },
         "cipher": "aes-256-gcm",
         "data": _b64(sealed),
     }
@@ -143,5 +150,5 @@ def unwrap_key(keyfile: bytes, passphrase: bytes) -> MasterKey:
     try:
         plain = AESGCM(kek).decrypt(sealed[:NONCE], sealed[NONCE:], b"isidorus key")
     except InvalidTag:
-        raise KeyError_("wrong passphrase") from None
+        raise KeyError_("wrong passphrase (or a damaged key file)") from None
     return MasterKey.from_json(plain)

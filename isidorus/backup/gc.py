@@ -85,8 +85,7 @@ def load_condemned(repo: Repository) -> None:
         return
     data = repo.backend.read("gc", f"condemned-{state['epoch']}")
     raw: bytes = objects.decode(repo.crypto, "gc", data, "gc condemned list")["ids"]
-    repo.cache.set_condemned(state["epoch"],
-                             (raw[i:i + 32] for i in range(0, len(raw), 32)))
+    repo.cache.set_condemned(state["epoch"], (raw[i : i + 32] for i in range(0, len(raw), 32)))
 
 
 class _Marker:
@@ -96,13 +95,11 @@ class _Marker:
         self.repo = repo
         self.table = table
         db = repo.cache.db
-        db.execute(f"CREATE TEMP TABLE IF NOT EXISTS {table} (id BLOB PRIMARY KEY) "
-                   "WITHOUT ROWID")
+        db.execute(f"CREATE TEMP TABLE IF NOT EXISTS {table} (id BLOB PRIMARY KEY) WITHOUT ROWID")
         db.execute(f"DELETE FROM {table}")
 
     def add(self, bid: bytes) -> bool:
-        cur = self.repo.cache.db.execute(f"INSERT OR IGNORE INTO {self.table} VALUES (?)",
-                                         (bid,))
+        cur = self.repo.cache.db.execute(f"INSERT OR IGNORE INTO {self.table} VALUES (?)", (bid,))
         return cur.rowcount > 0
 
     def mark_snapshot(self, name: str) -> None:
@@ -111,8 +108,10 @@ class _Marker:
         except FileNotFoundError:
             return  # pruned meanwhile: it needs nothing
         except IntegrityError as exc:
-            raise IntegrityError(f"gc stopped before deleting anything: {exc}; run "
-                                 "`isidorus backup verify` and repair the store first") from None
+            raise IntegrityError(
+                f"gc stopped before deleting anything: {exc}; run "
+                "`isidorus backup verify` and repair the store first"
+            ) from None
         stack = [snap.tree]
         db = self.repo.cache.db
         while stack:
@@ -122,9 +121,11 @@ class _Marker:
             try:
                 nodes = decode_tree(self.repo.load_blob(tid))
             except IntegrityError as exc:
-                raise IntegrityError(f"gc stopped before deleting anything: snapshot "
-                                     f"{name[:8]} has an unreadable tree ({exc}); run "
-                                     "`isidorus backup verify` first") from None
+                raise IntegrityError(
+                    f"gc stopped before deleting anything: snapshot "
+                    f"{name[:8]} has an unreadable tree ({exc}); run "
+                    "`isidorus backup verify` first"
+                ) from None
             ids = []
             for n in nodes:
                 if n["type"] == "dir":
@@ -136,12 +137,16 @@ class _Marker:
 
 
 def _other_sessions(repo: Repository, me: set[str]) -> list[str]:
-    return [s.name for s in locks.list_sessions(repo.backend)
-            if s.name not in me and s.name != locks.EXCLUSIVE]
+    return [
+        s.name
+        for s in locks.list_sessions(repo.backend)
+        if s.name not in me and s.name != locks.EXCLUSIVE
+    ]
 
 
-def _wait(repo: Repository, names: list[str], opts: GcOptions, progress: Progress,
-          result: GcResult) -> bool:
+def _wait(
+    repo: Repository, names: list[str], opts: GcOptions, progress: Progress, result: GcResult
+) -> bool:
     """Wait until none of the sessions `names` runs; False when told not to wait."""
     warned = False
     while True:
@@ -154,8 +159,9 @@ def _wait(repo: Repository, names: list[str], opts: GcOptions, progress: Progres
             result.waiting_for = [alive[n].describe() for n in left]
             return False
         if not warned:
-            progress.warn("gc waits for " + ", ".join(alive[n].describe() for n in left)
-                          + " to finish")
+            progress.warn(
+                "gc waits for " + ", ".join(alive[n].describe() for n in left) + " to finish"
+            )
             warned = True
         time.sleep(opts.poll_seconds)
 
@@ -170,18 +176,26 @@ def mark(repo: Repository, own_sessions: set[str]) -> dict[str, Any]:
     nums = ",".join(str(n) for n in files.values()) or "NULL"
     ids = bytearray()
     for (bid,) in repo.cache.db.execute(
-            f"SELECT DISTINCT id FROM blobs WHERE file IN ({nums}) "
-            "AND id NOT IN (SELECT id FROM referenced)"):
+        f"SELECT DISTINCT id FROM blobs WHERE file IN ({nums}) "
+        "AND id NOT IN (SELECT id FROM referenced)"
+    ):
         ids += bid
     indexed = set(repo.cache.packs())
     orphans = [n for n, _ in repo.backend.list("data") if n not in indexed]
     epoch = secrets.token_hex(8)
-    repo.backend.write("gc", f"condemned-{epoch}",
-                       objects.encode(repo.crypto, "gc", {"ids": bytes(ids)}))
-    state: dict[str, Any] = {"v": 1, "phase": "sweep", "epoch": epoch,
-                             "index_files": sorted(files), "snapshots": snapshots,
-                             "orphans": orphans, "condemned": len(ids) // 32,
-                             "wait_for": None}
+    repo.backend.write(
+        "gc", f"condemned-{epoch}", objects.encode(repo.crypto, "gc", {"ids": bytes(ids)})
+    )
+    state: dict[str, Any] = {
+        "v": 1,
+        "phase": "sweep",
+        "epoch": epoch,
+        "index_files": sorted(files),
+        "snapshots": snapshots,
+        "orphans": orphans,
+        "condemned": len(ids) // 32,
+        "wait_for": None,
+    }
     _save_state(repo, state)
     # listed only now: a session missing from this list has seen the condemned blobs
     state["wait_for"] = _other_sessions(repo, own_sessions)
@@ -189,8 +203,13 @@ def mark(repo: Repository, own_sessions: set[str]) -> dict[str, Any]:
     return state
 
 
-def sweep(repo: Repository, state: dict[str, Any], opts: GcOptions,
-          own_sessions: set[str], result: GcResult) -> dict[str, Any]:
+def sweep(
+    repo: Repository,
+    state: dict[str, Any],
+    opts: GcOptions,
+    own_sessions: set[str],
+    result: GcResult,
+) -> dict[str, Any]:
     repo.refresh_index()
     db = repo.cache.db
     # pardon what snapshots made since the mark reach
@@ -199,12 +218,18 @@ def sweep(repo: Repository, state: dict[str, Any], opts: GcOptions,
     for name in repo.snapshot_names():
         if name not in old:
             m.mark_snapshot(name)
-    raw = objects.decode(repo.crypto, "gc", repo.backend.read(
-        "gc", f"condemned-{state['epoch']}"), "gc condemned list")["ids"]
+    raw = objects.decode(
+        repo.crypto,
+        "gc",
+        repo.backend.read("gc", f"condemned-{state['epoch']}"),
+        "gc condemned list",
+    )["ids"]
     db.execute("CREATE TEMP TABLE IF NOT EXISTS dead (id BLOB PRIMARY KEY) WITHOUT ROWID")
     db.execute("DELETE FROM dead")
-    db.executemany("INSERT OR IGNORE INTO dead VALUES (?)",
-                   ((raw[i:i + 32],) for i in range(0, len(raw), 32)))
+    db.executemany(
+        "INSERT OR IGNORE INTO dead VALUES (?)",
+        ((raw[i : i + 32],) for i in range(0, len(raw), 32)),
+    )
     db.execute("DELETE FROM dead WHERE id IN (SELECT id FROM pardoned)")
     known = repo.cache.known_files()
     old_files = [n for n in state["index_files"] if n in known]
@@ -212,13 +237,16 @@ def sweep(repo: Repository, state: dict[str, Any], opts: GcOptions,
     # per pack of the marked index objects: bytes dead and alive
     usage: dict[bytes, list[int]] = {}
     for pack, length, is_dead in db.execute(
-            f"SELECT pack, length, id IN (SELECT id FROM dead) FROM blobs "
-            f"WHERE file IN ({nums})"):
+        f"SELECT pack, length, id IN (SELECT id FROM dead) FROM blobs WHERE file IN ({nums})"
+    ):
         u = usage.setdefault(pack, [0, 0])
         u[1 if is_dead else 0] += length
     delete = {p for p, (live, dead) in usage.items() if live == 0 and dead > 0}
-    repack = {p for p, (live, dead) in usage.items()
-              if live and dead and dead >= opts.repack_unused * (live + dead)}
+    repack = {
+        p
+        for p, (live, dead) in usage.items()
+        if live and dead and dead >= opts.repack_unused * (live + dead)
+    }
     result.condemned = state.get("condemned", 0)
     if repack:
         saver = BlobSaver(repo)
@@ -226,9 +254,11 @@ def sweep(repo: Repository, state: dict[str, Any], opts: GcOptions,
             for pack in sorted(repack):
                 name = pack.hex()
                 for bid, offset, length, raw_length, flags, btype in db.execute(
-                        f"SELECT id, offset, length, raw_length, flags, type FROM blobs "
-                        f"WHERE pack = ? AND file IN ({nums}) "
-                        "AND id NOT IN (SELECT id FROM dead) ORDER BY offset", (pack,)).fetchall():
+                    f"SELECT id, offset, length, raw_length, flags, type FROM blobs "
+                    f"WHERE pack = ? AND file IN ({nums}) "
+                    "AND id NOT IN (SELECT id FROM dead) ORDER BY offset",
+                    (pack,),
+                ).fetchall():
                     # sealed bytes move as they are: nothing is decrypted to repack
                     sealed = repo.backend.read_range("data", name, offset, length)
                     saver.add(btype, bid, [sealed], raw_length, flags)
@@ -247,8 +277,10 @@ def sweep(repo: Repository, state: dict[str, Any], opts: GcOptions,
             if bytes.fromhex(p) not in gone:
                 keep.setdefault(p, []).append(e)
         if keep:
-            doc = {"v": 1, "packs": [[bytes.fromhex(p), [e.row() for e in es]]
-                                     for p, es in keep.items()]}
+            doc = {
+                "v": 1,
+                "packs": [[bytes.fromhex(p), [e.row() for e in es]] for p, es in keep.items()],
+            }
             data = objects.encode(repo.crypto, "index", doc)
             new_name = objects.object_name(data)
             repo.backend.write("index", new_name, data)
@@ -259,12 +291,18 @@ def sweep(repo: Repository, state: dict[str, Any], opts: GcOptions,
     sizes = dict(repo.backend.list("data"))
     result.packs_deleted = len(delete) + len(orphans)
     result.packs_repacked = len(repack)
-    result.bytes_freed = sum(sizes.get(p.hex(), 0) for p in gone) + \
-        sum(sizes.get(p, 0) for p in orphans)
-    new_state = {"v": 1, "phase": "delete", "epoch": state["epoch"],
-                 "index_files": rewritten,
-                 "packs": sorted([p.hex() for p in gone] + orphans),
-                 "condemned": state.get("condemned", 0), "wait_for": None}
+    result.bytes_freed = sum(sizes.get(p.hex(), 0) for p in gone) + sum(
+        sizes.get(p, 0) for p in orphans
+    )
+    new_state = {
+        "v": 1,
+        "phase": "delete",
+        "epoch": state["epoch"],
+        "index_files": rewritten,
+        "packs": sorted([p.hex() for p in gone] + orphans),
+        "condemned": state.get("condemned", 0),
+        "wait_for": None,
+    }
     _save_state(repo, new_state)
     new_state["wait_for"] = _other_sessions(repo, own_sessions)
     _save_state(repo, new_state)
@@ -282,9 +320,12 @@ def finish(repo: Repository, state: dict[str, Any]) -> None:
     repo.cache.set_condemned("", [])
 
 
-def collect_garbage(repo: Repository, options: GcOptions | None = None,
-                    progress: Progress | None = None, own_sessions: set[str] | None = None
-                    ) -> GcResult:
+def collect_garbage(
+    repo: Repository,
+    options: GcOptions | None = None,
+    progress: Progress | None = None,
+    own_sessions: set[str] | None = None,
+) -> GcResult:
     """Run (or resume) gc. The caller holds the exclusive lock and a session, whose names
     go in `own_sessions`. Returns early with `waiting_for` set when options.wait is off and
     sessions that may need condemned blobs still run; calling again resumes."""

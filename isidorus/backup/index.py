@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import sqlite3
+import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -52,11 +52,12 @@ PackEntries = list[tuple[str, list[BlobEntry]]]
 class IndexCache:
     def __init__(self, path: str) -> None:
         self.path = path
-        self._uri = False
+        self._tmpdir: tempfile.TemporaryDirectory[str] | None = None
         if path == ":memory:":
-            # one in-memory database shared by this cache's connections (tests)
-            self.path = f"file:isidorus-{secrets.token_hex(8)}?mode=memory&cache=shared"
-            self._uri = True
+            # a throw-away file rather than SQLite's memory databases: those cannot be
+            # shared between threads while one of them reads
+            self._tmpdir = tempfile.TemporaryDirectory(prefix="isidorus-cache-")
+            self.path = os.path.join(self._tmpdir.name, "index.sqlite")
         else:
             os.makedirs(os.path.dirname(path), exist_ok=True)
         self._local = threading.local()
@@ -88,8 +89,9 @@ class IndexCache:
     def db(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, timeout=600, isolation_level=None,
-                                   check_same_thread=False, uri=self._uri)
+            conn = sqlite3.connect(
+                self.path, timeout=600, isolation_level=None, check_same_thread=False
+            )
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA cache_size=-2048")  # 2 MiB of pages a connection at most
@@ -112,8 +114,10 @@ class IndexCache:
                 raise
             db.execute("COMMIT")
         except sqlite3.Error as exc:
-            raise BackendError(f"the index cache {self.path} failed ({exc}): free space, or "
-                               "delete that file (it is rebuilt from the store)") from None
+            raise BackendError(
+                f"the index cache {self.path} failed ({exc}): free space, or "
+                "delete that file (it is rebuilt from the store)"
+            ) from None
         self.generation += 1
 
     def close(self) -> None:
@@ -124,6 +128,9 @@ class IndexCache:
                     c.close()
             self._all.clear()
         self._local = threading.local()
+        if self._tmpdir is not None:
+            self._tmpdir.cleanup()
+            self._tmpdir = None
 
     # -- following the store
     def known_files(self) -> dict[str, int]:
@@ -149,44 +156,74 @@ class IndexCache:
             num = db.execute("INSERT INTO index_files (name) VALUES (?)", (name,)).lastrowid
             db.executemany(
                 "INSERT OR IGNORE INTO blobs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                ((e.id, bytes.fromhex(pack), e.offset, e.length, e.raw_length, e.flags,
-                  e.type, num) for pack, entries in packs for e in entries))
+                (
+                    (
+                        e.id,
+                        bytes.fromhex(pack),
+                        e.offset,
+                        e.length,
+                        e.raw_length,
+                        e.flags,
+                        e.type,
+                        num,
+                    )
+                    for pack, entries in packs
+                    for e in entries
+                ),
+            )
 
     # -- lookups
     def lookup(self, bid: bytes) -> Location | None:
-        row = self._reader().execute(
-            "SELECT pack, offset, length, raw_length, flags, type FROM blobs WHERE id = ? "
-            "LIMIT 1", (bid,)).fetchone()
+        row = (
+            self._reader()
+            .execute(
+                "SELECT pack, offset, length, raw_length, flags, type FROM blobs WHERE id = ? "
+                "LIMIT 1",
+                (bid,),
+            )
+            .fetchone()
+        )
         if row is None:
             return None
         return Location(row[0].hex(), row[1], row[2], row[3], row[4], row[5])
 
     def lookup_all(self, bid: bytes) -> list[Location]:
-        return [Location(r[0].hex(), r[1], r[2], r[3], r[4], r[5]) for r in self.db.execute(
-            "SELECT pack, offset, length, raw_length, flags, type FROM blobs WHERE id = ?",
-            (bid,))]
+        return [
+            Location(r[0].hex(), r[1], r[2], r[3], r[4], r[5])
+            for r in self.db.execute(
+                "SELECT pack, offset, length, raw_length, flags, type FROM blobs WHERE id = ?",
+                (bid,),
+            )
+        ]
 
     def usable(self, bid: bytes) -> bool:
         """Whether new snapshots may refer to this blob: known, and not condemned by gc."""
         db = self._reader()
         if db.execute("SELECT 1 FROM blobs WHERE id = ? LIMIT 1", (bid,)).fetchone() is None:
             return False
-        return not (self.has_condemned and db.execute(
-            "SELECT 1 FROM condemned WHERE id = ?", (bid,)).fetchone())
+        return not (
+            self.has_condemned
+            and db.execute("SELECT 1 FROM condemned WHERE id = ?", (bid,)).fetchone()
+        )
 
     def is_condemned(self, bid: bytes) -> bool:
-        return self._reader().execute("SELECT 1 FROM condemned WHERE id = ?",
-                                      (bid,)).fetchone() is not None
+        return (
+            self._reader().execute("SELECT 1 FROM condemned WHERE id = ?", (bid,)).fetchone()
+            is not None
+        )
 
     def packs(self) -> dict[str, int]:
         """Every indexed pack with the count of its blobs."""
-        return {p.hex(): n for p, n in self.db.execute(
-            "SELECT pack, count(*) FROM blobs GROUP BY pack")}
+        return {
+            p.hex(): n for p, n in self.db.execute("SELECT pack, count(*) FROM blobs GROUP BY pack")
+        }
 
     def entries_of_file(self, name: str) -> Iterator[tuple[str, BlobEntry]]:
         for r in self.db.execute(
-                "SELECT b.pack, b.type, b.id, b.offset, b.length, b.raw_length, b.flags "
-                "FROM blobs b JOIN index_files f ON b.file = f.num WHERE f.name = ?", (name,)):
+            "SELECT b.pack, b.type, b.id, b.offset, b.length, b.raw_length, b.flags "
+            "FROM blobs b JOIN index_files f ON b.file = f.num WHERE f.name = ?",
+            (name,),
+        ):
             yield r[0].hex(), BlobEntry(r[1], r[2], r[3], r[4], r[5], r[6])
 
     def count(self) -> int:

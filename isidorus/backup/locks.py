@@ -41,7 +41,7 @@ def _start_ticks(pid: int) -> int | None:
     except OSError:
         return None
     # the command name may hold spaces and parentheses: split after the last ')'
-    fields = stat[stat.rindex(b")") + 2:].split()
+    fields = stat[stat.rindex(b")") + 2 :].split()
     return int(fields[19])
 
 
@@ -55,14 +55,27 @@ class Session:
     start_ticks: int | None
 
     def to_json(self) -> bytes:
-        return json.dumps({"purpose": self.purpose, "host": self.host, "boot_id": self.boot_id,
-                           "pid": self.pid, "start_ticks": self.start_ticks}).encode()
+        return json.dumps(
+            {
+                "purpose": self.purpose,
+                "host": self.host,
+                "boot_id": self.boot_id,
+                "pid": self.pid,
+                "start_ticks": self.start_ticks,
+            }
+        ).encode()
 
     @classmethod
     def from_json(cls, name: str, data: bytes) -> Session:
         d = json.loads(data)
-        return cls(name, str(d.get("purpose", "?")), str(d.get("host", "?")),
-                   str(d.get("boot_id", "")), int(d.get("pid", 0)), d.get("start_ticks"))
+        return cls(
+            name,
+            str(d.get("purpose", "?")),
+            str(d.get("host", "?")),
+            str(d.get("boot_id", "")),
+            int(d.get("pid", 0)),
+            d.get("start_ticks"),
+        )
 
     def is_ours(self) -> bool:
         return self.host == socket.gethostname()
@@ -134,10 +147,12 @@ def _take_exclusive(backend: Backend, purpose: str) -> None:
             except FileNotFoundError:
                 continue
             if not holder.is_stale():
-                hint = ("wait for it to finish" if holder.is_ours() else
-                        "wait for it, or if that process is gone run "
-                        "`isidorus backup unlock STORE --remove-all`")
-                raise LockedError(f"the store is locked by {holder.describe()}: {hint}") \
-                    from None
+                hint = (
+                    "wait for it to finish"
+                    if holder.is_ours()
+                    else "wait for it, or if that process is gone run "
+                    "`isidorus backup unlock STORE --remove-all`"
+                )
+                raise LockedError(f"the store is locked by {holder.describe()}: {hint}") from None
             backend.remove("locks", EXCLUSIVE)  # its process is gone
     raise LockedError("the store's maintenance lock keeps changing hands: try again")

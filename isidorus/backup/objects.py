@@ -50,8 +50,7 @@ def decode(crypto: Crypto, kind: str, data: bytes, what: str) -> Any:
         raise IntegrityError(f"{what} is not an isidorus object (damaged?)")
     plain = crypto.open(memoryview(data)[4:], kind.encode(), what)
     try:
-        return msgpack.unpackb(decompressor().decompress(plain), raw=False,
-                               strict_map_key=False)
+        return msgpack.unpackb(decompressor().decompress(plain), raw=False, strict_map_key=False)
     except (zstandard.ZstdError, ValueError, msgpack.UnpackException) as exc:
         raise IntegrityError(f"{what} cannot be decoded ({exc})") from None
 

@@ -58,8 +58,14 @@ class PackWriter:
         self.pos = 0
         self.entries: list[BlobEntry] = []
 
-    def add(self, btype: int, bid: bytes, parts: Sequence[bytes | bytearray | memoryview],
-            raw_length: int, flags: int) -> None:
+    def add(
+        self,
+        btype: int,
+        bid: bytes,
+        parts: Sequence[bytes | bytearray | memoryview],
+        raw_length: int,
+        flags: int,
+    ) -> None:
         n = 0
         for part in parts:
             if part:
@@ -85,7 +91,7 @@ def read_header(crypto: Crypto, pack: bytes | memoryview, what: str) -> list[Blo
     if magic != MAGIC or hlen > len(pack) - TRAILER.size:
         raise IntegrityError(f"{what} has no valid pack trailer")
     start = len(pack) - TRAILER.size - hlen
-    plain = crypto.open(memoryview(pack)[start:start + hlen], HEADER_AAD, f"{what} header")
+    plain = crypto.open(memoryview(pack)[start : start + hlen], HEADER_AAD, f"{what} header")
     try:
         return [BlobEntry.from_row(r) for r in msgpack.unpackb(plain)]
     except (ValueError, TypeError, AssertionError, msgpack.UnpackException) as exc:

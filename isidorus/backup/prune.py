@@ -43,8 +43,7 @@ class KeepPolicy:
     yearly: int = 0
 
     def is_empty(self) -> bool:
-        return not any((self.last, self.hourly, self.daily, self.weekly, self.monthly,
-                        self.yearly))
+        return not any((self.last, self.hourly, self.daily, self.weekly, self.monthly, self.yearly))
 
     def to_json(self) -> dict[str, int]:
         return {k: v for k, v in self.__dict__.items() if v}
@@ -96,7 +95,8 @@ def group_key(s: Snapshot) -> tuple[str, str, tuple[str, ...]]:
 class PrunePlan:
     policy: KeepPolicy
     groups: list[tuple[tuple[str, str, tuple[str, ...]], list[Decision]]] = field(
-        default_factory=list)
+        default_factory=list
+    )
     removed: int = 0  # done by execute
 
     @property
@@ -111,28 +111,47 @@ class PrunePlan:
         return {"keep": len(self.to_keep), "remove": len(self.to_remove)}
 
     def execute(self, repo: Repository) -> None:
-        for s in self.to_remove:
+        """Remove the snapshots not kept. Idempotent: running it again removes nothing
+        more and counts nothing twice."""
+        for s in self.to_remove[self.removed :]:
             repo.backend.remove("snapshots", s.id)
             self.removed += 1
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "policy": self.policy.to_json(), **self.stats(), "removed": self.removed,
-            "groups": [{
-                "hostname": g[0], "kind": g[1], "paths": list(g[2]),
-                "snapshots": [{"id": d.snapshot.id, "time": iso_time(d.snapshot.time),
-                               "keep": d.keep, "reason": d.reason} for d in ds],
-            } for g, ds in self.groups],
+            "policy": self.policy.to_json(),
+            **self.stats(),
+            "removed": self.removed,
+            "groups": [
+                {
+                    "hostname": g[0],
+                    "kind": g[1],
+                    "paths": list(g[2]),
+                    "snapshots": [
+                        {
+                            "id": d.snapshot.id,
+                            "time": iso_time(d.snapshot.time),
+                            "keep": d.keep,
+                            "reason": d.reason,
+                        }
+                        for d in ds
+                    ],
+                }
+                for g, ds in self.groups
+            ],
         }
 
 
-def plan_prune(snapshots: Iterable[Snapshot], policy: KeepPolicy,
-               tags: tuple[str, ...] = ()) -> PrunePlan:
+def plan_prune(
+    snapshots: Iterable[Snapshot], policy: KeepPolicy, tags: tuple[str, ...] = ()
+) -> PrunePlan:
     """Plan a prune. Only snapshots carrying every tag in `tags` are considered. Raises
     UsageError for an empty policy rather than planning to remove everything."""
     if policy.is_empty():
-        raise UsageError("no --keep-* rule given, so every snapshot would be removed: pass at "
-                         "least one, e.g. --keep-daily 7")
+        raise UsageError(
+            "no --keep-* rule given, so every snapshot would be removed: pass at "
+            "least one, e.g. --keep-daily 7"
+        )
     groups: dict[tuple[str, str, tuple[str, ...]], list[Snapshot]] = {}
     for s in snapshots:
         if all(t in s.tags for t in tags):

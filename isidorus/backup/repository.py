@@ -32,8 +32,12 @@ from isidorus.backup.types import Snapshot
 FORMAT_VERSION = 1
 Passphrase = Callable[[], bytes]
 
-DEFAULT_CHUNKER = {"algorithm": "fastcdc2020", "min_size": 512 * 1024,
-                   "avg_size": 512 * 1024, "max_size": 8 * 1024 * 1024}
+DEFAULT_CHUNKER = {
+    "algorithm": "fastcdc2020",
+    "min_size": 512 * 1024,
+    "avg_size": 512 * 1024,
+    "max_size": 8 * 1024 * 1024,
+}
 IMAGE_CHUNK_SIZE = 1024 * 1024
 PACK_SIZE = 16 * 1024 * 1024
 
@@ -47,8 +51,10 @@ def read_config(backend: Backend) -> dict[str, Any]:
     try:
         raw = backend.read("config", "config")
     except (FileNotFoundError, NotADirectoryError):
-        raise StoreError(f"{backend.location} is not an isidorus store (no config): check the "
-                         "path, or create one with `isidorus backup init`") from None
+        raise StoreError(
+            f"{backend.location} is not an isidorus store (no config): check the "
+            "path, or create one with `isidorus backup init`"
+        ) from None
     try:
         doc: dict[str, Any] = json.loads(raw)
     except ValueError:
@@ -58,14 +64,17 @@ def read_config(backend: Backend) -> dict[str, Any]:
     if doc.get("checksum") != _checksum(doc):
         raise IntegrityError(f"{backend.location}/config is damaged (checksum mismatch)")
     if doc.get("version") != FORMAT_VERSION:
-        raise StoreError(f"{backend.location} has store format {doc.get('version')}, this "
-                         f"isidorus reads format {FORMAT_VERSION}: upgrade isidorus")
+        raise StoreError(
+            f"{backend.location} has store format {doc.get('version')}, this "
+            f"isidorus reads format {FORMAT_VERSION}: upgrade isidorus"
+        )
     return doc
 
 
 class Repository:
-    def __init__(self, backend: Backend, config: dict[str, Any], crypto: Crypto,
-                 cache: IndexCache) -> None:
+    def __init__(
+        self, backend: Backend, config: dict[str, Any], crypto: Crypto, cache: IndexCache
+    ) -> None:
         self.backend = backend
         self.config = config
         self.crypto = crypto
@@ -78,30 +87,42 @@ class Repository:
 
     # -- making and opening
     @classmethod
-    def init(cls, backend: Backend, passphrase: Passphrase | None, *, encrypted: bool = True,
-             kdf: KdfParams | None = None, chunker: dict[str, Any] | None = None) -> None:
+    def init(
+        cls,
+        backend: Backend,
+        passphrase: Passphrase | None,
+        *,
+        encrypted: bool = True,
+        kdf: KdfParams | None = None,
+        chunker: dict[str, Any] | None = None,
+    ) -> None:
         """Create an empty store. Raises StoreExistsError if one is there. `chunker`
         overrides the chunk sizes (tests and benchmarks use tiny chunks for many of them)."""
         master = MasterKey.generate()
         config: dict[str, Any] = {
-            "format": "isidorus-store", "version": FORMAT_VERSION,
+            "format": "isidorus-store",
+            "version": FORMAT_VERSION,
             "id": secrets.token_hex(32),
             "encryption": "aes-256-gcm" if encrypted else "none",
-            "compression": "zstd", "chunker": {**DEFAULT_CHUNKER, **(chunker or {})},
-            "image_chunk_size": IMAGE_CHUNK_SIZE, "pack_size": PACK_SIZE,
+            "compression": "zstd",
+            "chunker": {**DEFAULT_CHUNKER, **(chunker or {})},
+            "image_chunk_size": IMAGE_CHUNK_SIZE,
+            "pack_size": PACK_SIZE,
         }
         if not encrypted:
             config["mac_key"] = master.mac.hex()
         config["checksum"] = _checksum(config)
-        keyfile = wrap_key(master, passphrase(), kdf or KdfParams()) \
-            if encrypted and passphrase else None
+        keyfile = (
+            wrap_key(master, passphrase(), kdf or KdfParams()) if encrypted and passphrase else None
+        )
         if encrypted and keyfile is None:
             raise KeyError_("an encrypted store needs a passphrase")
         try:
             backend.create()
         except FileExistsError:
-            raise StoreExistsError(f"a store already exists at {backend.location}: use it, "
-                                   "or choose another path") from None
+            raise StoreExistsError(
+                f"a store already exists at {backend.location}: use it, or choose another path"
+            ) from None
         if keyfile is not None:
             backend.write("keys", objects.object_name(keyfile), keyfile)
         # the config goes last: a store without one is not a store yet
@@ -117,8 +138,11 @@ class Repository:
             if passphrase is None:
                 raise KeyError_("this store is encrypted: give its passphrase")
             crypto = Crypto(unlock(backend, passphrase()), encrypted=True)
-        path = ":memory:" if cache_dir == ":memory:" else \
-            os.path.join(cache_dir, config["id"], "index.sqlite")
+        path = (
+            ":memory:"
+            if cache_dir == ":memory:"
+            else os.path.join(cache_dir, config["id"], "index.sqlite")
+        )
         repo = cls(backend, config, crypto, IndexCache(path))
         repo.refresh_index()
         return repo
@@ -130,6 +154,7 @@ class Repository:
     # -- the index
     def load_index_file(self, name: str) -> list[tuple[str, list[Any]]]:
         from isidorus.backup.pack import BlobEntry
+
         data = self.backend.read("index", name)
         doc = objects.decode(self.crypto, "index", data, f"index/{name}")
         return [(p.hex(), [BlobEntry.from_row(r) for r in rows]) for p, rows in doc["packs"]]
@@ -174,8 +199,9 @@ class Repository:
     def load_snapshot(self, name: str) -> Snapshot:
         data = self.backend.read("snapshots", name)
         objects.check_name(name, data, f"snapshot {name[:8]}")
-        return Snapshot.from_doc(name, objects.decode(self.crypto, "snapshot", data,
-                                                      f"snapshot {name[:8]}"))
+        return Snapshot.from_doc(
+            name, objects.decode(self.crypto, "snapshot", data, f"snapshot {name[:8]}")
+        )
 
     def snapshot_names(self) -> list[str]:
         return [n for n, _ in self.backend.list("snapshots")]
@@ -201,11 +227,13 @@ class Repository:
         ref = ref.lower()
         matches = [n for n in self.snapshot_names() if n.startswith(ref)] if ref else []
         if not matches:
-            raise SnapshotNotFound(f"no snapshot {ref!r} in {self.backend.location}: "
-                                   "see `isidorus backup list`")
+            raise SnapshotNotFound(
+                f"no snapshot {ref!r} in {self.backend.location}: see `isidorus backup list`"
+            )
         if len(matches) > 1:
-            raise SnapshotNotFound(f"{ref!r} matches {len(matches)} snapshots: give more "
-                                   "characters of the id")
+            raise SnapshotNotFound(
+                f"{ref!r} matches {len(matches)} snapshots: give more characters of the id"
+            )
         return self.load_snapshot(matches[0])
 
 
@@ -220,7 +248,9 @@ def unlock(backend: Backend, passphrase: bytes) -> MasterKey:
         except KeyError_:
             wrong = True
     if wrong:
-        raise KeyError_("wrong passphrase for this store")
+        raise KeyError_(
+            "wrong passphrase for this store: check ISIDORUS_PASSPHRASE or the passphrase file"
+        )
     raise IntegrityError("no key file of this store could be read")
 
 

@@ -14,6 +14,7 @@ import contextlib
 import errno
 import functools
 import grp
+import itertools
 import os
 import pwd
 import stat
@@ -48,10 +49,17 @@ class RestoreResult:
     errors: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {"files": self.files, "dirs": self.dirs, "bytes_written": self.bytes_written,
-                "seconds": round(self.seconds, 3), "errors": self.errors}
+        return {
+            "files": self.files,
+            "dirs": self.dirs,
+            "bytes_written": self.bytes_written,
+            "seconds": round(self.seconds, 3),
+            "errors": self.errors,
+        }
+
 
 _MAX_JOBS = 256  # files queued for the pool before the walk waits
+_TEMP_NAMES = itertools.count(int.from_bytes(os.urandom(4), "big"))  # next() is atomic
 _FATAL = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)  # no later file would fare better
 
 
@@ -88,8 +96,9 @@ def _norm(p: str) -> str:
 
 
 class Restorer:
-    def __init__(self, repo: Repository, options: RestoreOptions,
-                 progress: Progress | None = None) -> None:
+    def __init__(
+        self, repo: Repository, options: RestoreOptions, progress: Progress | None = None
+    ) -> None:
         self.repo = repo
         self.opts = options
         self.progress = progress or NullProgress()
@@ -170,12 +179,24 @@ class Restorer:
             os.ftruncate(fd, node.get("size", pos))  # a trailing hole, or an empty file
         return written
 
+    def _temp_name(self, path: bytes) -> tuple[bytes, int]:
+        """Open a new, short temporary name beside `path` (never an existing file, and
+        short enough for a name of the maximum length to still fit in the folder)."""
+        folder = os.path.dirname(path)
+        while True:
+            tmp = os.path.join(folder, b".isidorus-%x" % next(_TEMP_NAMES))
+            try:
+                return tmp, os.open(
+                    tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600
+                )
+            except FileExistsError:
+                continue
+
     def restore_file(self, path: bytes, node: Node) -> None:
-        # whole or absent: written under a temporary name, renamed once complete (a name
-        # left by a killed restore is simply written again)
-        tmp = path + b".isidorus-restore"
+        # whole or absent: written under a temporary name, renamed once complete
+        tmp = b""
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            tmp, fd = self._temp_name(path)
             try:
                 n = self.write_content(fd, node)
                 self.apply_meta(tmp, {**node, "type": "file"}, fd=fd)
@@ -183,11 +204,14 @@ class Restorer:
                 os.close(fd)
             os.rename(tmp, path)
         except BaseException as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+            if tmp:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
             if isinstance(exc, OSError) and exc.errno in _FATAL:
-                raise BackupError(f"cannot write {os.fsdecode(path)}: {exc.strerror}; free "
-                                  "space (or choose another target), then restore again") from None
+                raise BackupError(
+                    f"cannot write {os.fsdecode(path)}: {exc.strerror}; free "
+                    "space (or choose another target), then restore again"
+                ) from None
             if isinstance(exc, OSError):
                 self._error(path, exc.strerror or str(exc))
                 return
@@ -196,6 +220,20 @@ class Restorer:
             self.result.files += 1
             self.result.bytes_written += n
         self.progress.advance(items=1)
+
+    def link(self, first: bytes, path: bytes) -> bool:
+        """Make `path` a hard link to `first`, replacing what is there (--overwrite)."""
+        try:
+            os.link(first, path)
+            return True
+        except FileExistsError:
+            if not self.opts.overwrite:
+                raise
+        folder = os.path.dirname(path)
+        tmp = os.path.join(folder, b".isidorus-%x" % next(_TEMP_NAMES))
+        os.link(first, tmp)
+        os.rename(tmp, path)
+        return True
 
     def make_special(self, path: bytes, node: Node) -> None:
         t = node["type"]
@@ -269,7 +307,7 @@ class Restorer:
                 first = b"/" + node["target"]
                 if self.wanted(first)[0] and os.path.exists(self.root + first):
                     try:
-                        os.link(self.root + first, path)
+                        self.link(self.root + first, path)
                         continue
                     except OSError as exc:
                         self._error(path, f"cannot link: {exc.strerror}")
@@ -284,8 +322,10 @@ class Restorer:
     def check_include(self, snap: Snapshot) -> None:
         for inc in self.include:
             if lookup_path(self.repo, snap, os.fsdecode(inc)) is None:
-                raise PathNotFound(f"{os.fsdecode(inc)} is not in snapshot {snap.short_id}: "
-                                   "see `isidorus backup ls`")
+                raise PathNotFound(
+                    f"{os.fsdecode(inc)} is not in snapshot {snap.short_id}: "
+                    "see `isidorus backup ls`"
+                )
 
 
 def lookup_path(repo: Repository, snap: Snapshot, path: str) -> Node | None:
@@ -302,24 +342,27 @@ def lookup_path(repo: Repository, snap: Snapshot, path: str) -> Node | None:
     return node
 
 
-def restore_snapshot(repo: Repository, snap: Snapshot, options: RestoreOptions,
-                     progress: Progress | None = None) -> RestoreResult:
+def restore_snapshot(
+    repo: Repository, snap: Snapshot, options: RestoreOptions, progress: Progress | None = None
+) -> RestoreResult:
     """Restore a snapshot (or the --path parts of it) under options.target. Refuses a target
     that holds files unless options.overwrite. Image snapshots restore to a file."""
     if snap.kind == "image":
         return restore_image(repo, snap, options, progress)
     target = os.path.abspath(options.target)
     if os.path.exists(target) and not os.path.isdir(target):
-        raise UsageError(f"{options.target} is not a directory: give a directory to restore "
-                         "into")
+        raise UsageError(f"{options.target} is not a directory: give a directory to restore into")
     if not options.overwrite and os.path.isdir(target) and os.listdir(target):
-        raise UsageError(f"{options.target} is not empty: restore into an empty directory, or "
-                         "pass --overwrite to replace what is there")
+        raise UsageError(
+            f"{options.target} is not empty: restore into an empty directory, or "
+            "pass --overwrite to replace what is there"
+        )
     return Restorer(repo, options, progress).run(snap)
 
 
-def restore_image(repo: Repository, snap: Snapshot, options: RestoreOptions,
-                  progress: Progress | None = None) -> RestoreResult:
+def restore_image(
+    repo: Repository, snap: Snapshot, options: RestoreOptions, progress: Progress | None = None
+) -> RestoreResult:
     nodes = decode_tree(repo.load_blob(snap.tree))
     node = nodes[0]
     target = os.path.abspath(options.target)

@@ -48,8 +48,9 @@ class BlobSaver:
         self._error: BaseException | None = None
         self._done = threading.Condition()
         self._submitted = self._completed = 0
-        self._uploader = threading.Thread(target=self._upload_loop, name="pack-uploader",
-                                          daemon=True)
+        self._uploader = threading.Thread(
+            target=self._upload_loop, name="pack-uploader", daemon=True
+        )
         self._uploader.start()
 
     # -- called by workers
@@ -77,8 +78,9 @@ class BlobSaver:
         self.add(btype, bid, parts, raw_length, flags)
         return len(parts[0]) + len(parts[1])
 
-    def add(self, btype: int, bid: bytes, parts: Sequence[Buffer], raw_length: int,
-            flags: int) -> None:
+    def add(
+        self, btype: int, bid: bytes, parts: Sequence[Buffer], raw_length: int, flags: int
+    ) -> None:
         """Append a sealed blob (given in parts) to the current pack."""
         self._raise_upload_error()
         with self._pack_lock:
@@ -116,8 +118,10 @@ class BlobSaver:
                         self.stats.packs += 1
                         self._unindexed.append((name, writer.entries))
                         self._unindexed_blobs += len(writer.entries)
-                        flush = (len(self._unindexed) >= _INDEX_EVERY_PACKS
-                                 or self._unindexed_blobs >= _INDEX_EVERY_BLOBS)
+                        flush = (
+                            len(self._unindexed) >= _INDEX_EVERY_PACKS
+                            or self._unindexed_blobs >= _INDEX_EVERY_BLOBS
+                        )
                     if flush:
                         self._write_index()
                 else:
@@ -135,8 +139,10 @@ class BlobSaver:
             self._unindexed_blobs = 0
         if not packs:
             return
-        doc = {"v": 1, "packs": [[bytes.fromhex(p), [e.row() for e in entries]]
-                                 for p, entries in packs]}
+        doc = {
+            "v": 1,
+            "packs": [[bytes.fromhex(p), [e.row() for e in entries]] for p, entries in packs],
+        }
         data = objects.encode(self.crypto, "index", doc)
         name = objects.object_name(data)
         self.repo.backend.write("index", name, data)

@@ -3,9 +3,10 @@
 A store made here lives in memory (unless a backend is given) and its key is wrapped with
 the cheapest Argon2id parameters, so opening it costs milliseconds, as restic's
 `internal/repository/testing.go` does. The index cache is an SQLite file in a temporary
-directory removed with the repository: the cache opens one connection per thread, and an
-SQLite `:memory:` database is private to its connection, so the pool threads of a backup
-would each see an empty cache.
+directory removed with the repository, not `:memory:`: an in-memory cache is one database
+shared by the connections of all threads, where a thread's open read transaction locks
+the tables against the others' writes, so a backup (pool threads reading, the uploader
+writing) fails with "database table is locked".
 """
 
 from __future__ import annotations

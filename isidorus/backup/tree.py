@@ -78,10 +78,15 @@ def read_xattrs(path: bytes) -> list[list[bytes]]:
 
 def make_node(name: bytes, st: os.stat_result, path: bytes | None) -> Node:
     node: Node = {
-        "name": name, "type": node_type(st.st_mode), "mode": stat.S_IMODE(st.st_mode),
-        "uid": st.st_uid, "gid": st.st_gid,
-        "user": user_name(st.st_uid), "group": group_name(st.st_gid),
-        "mtime": st.st_mtime_ns, "ctime": st.st_ctime_ns,
+        "name": name,
+        "type": node_type(st.st_mode),
+        "mode": stat.S_IMODE(st.st_mode),
+        "uid": st.st_uid,
+        "gid": st.st_gid,
+        "user": user_name(st.st_uid),
+        "group": group_name(st.st_gid),
+        "mtime": st.st_mtime_ns,
+        "ctime": st.st_ctime_ns,
         "ino": st.st_ino,
     }
     if node["type"] in ("chardev", "blockdev"):
@@ -105,6 +110,12 @@ def decode_tree(data: bytes) -> list[Node]:
 
 def unchanged(node: Node | None, st: os.stat_result) -> bool:
     """Whether a file is the same as in the parent snapshot without reading it."""
-    return (node is not None and node["type"] == "file" and "content" in node
-            and node.get("size") == st.st_size and node["mtime"] == st.st_mtime_ns
-            and node["ctime"] == st.st_ctime_ns and node["ino"] == st.st_ino)
+    return (
+        node is not None
+        and node["type"] == "file"
+        and "content" in node
+        and node.get("size") == st.st_size
+        and node["mtime"] == st.st_mtime_ns
+        and node["ctime"] == st.st_ctime_ns
+        and node["ino"] == st.st_ino
+    )

@@ -31,25 +31,52 @@ class Snapshot:
 
     def to_doc(self) -> dict[str, Any]:
         return {
-            "v": 1, "time": iso_time(self.time), "hostname": self.hostname,
-            "username": self.username, "paths": list(self.paths), "tags": list(self.tags),
-            "kind": self.kind, "tree": self.tree, "partial": self.partial,
-            "errors": list(self.errors), "summary": self.summary, "parent": self.parent,
+            "v": 1,
+            "time": iso_time(self.time),
+            "hostname": self.hostname,
+            "username": self.username,
+            "paths": list(self.paths),
+            "tags": list(self.tags),
+            "kind": self.kind,
+            "tree": self.tree,
+            "partial": self.partial,
+            "errors": list(self.errors),
+            "summary": self.summary,
+            "parent": self.parent,
         }
 
     @classmethod
     def from_doc(cls, sid: str, d: dict[str, Any]) -> Snapshot:
-        return cls(sid, parse_time(d["time"]), d["hostname"], d["username"],
-                   tuple(d["paths"]), tuple(d["tags"]), d["kind"], d["tree"],
-                   bool(d.get("partial")), tuple(d.get("errors", ())),
-                   dict(d.get("summary", {})), d.get("parent"))
+        return cls(
+            sid,
+            parse_time(d["time"]),
+            d["hostname"],
+            d["username"],
+            tuple(d["paths"]),
+            tuple(d["tags"]),
+            d["kind"],
+            d["tree"],
+            bool(d.get("partial")),
+            tuple(d.get("errors", ())),
+            dict(d.get("summary", {})),
+            d.get("parent"),
+        )
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "short_id": self.short_id, "time": iso_time(self.time),
-                "hostname": self.hostname, "username": self.username,
-                "paths": list(self.paths), "tags": list(self.tags), "kind": self.kind,
-                "partial": self.partial, "errors": list(self.errors),
-                "summary": self.summary, "parent": self.parent}
+        return {
+            "id": self.id,
+            "short_id": self.short_id,
+            "time": iso_time(self.time),
+            "hostname": self.hostname,
+            "username": self.username,
+            "paths": list(self.paths),
+            "tags": list(self.tags),
+            "kind": self.kind,
+            "partial": self.partial,
+            "errors": list(self.errors),
+            "summary": self.summary,
+            "parent": self.parent,
+        }
 
 
 def iso_time(t: datetime) -> str:

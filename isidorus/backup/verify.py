@@ -51,18 +51,23 @@ class VerifyReport:
         return not self.damaged and not self.errors
 
     def to_json(self) -> dict[str, Any]:
-        return {"ok": self.ok, "damaged": self.damaged, "errors": self.errors,
-                "snapshots_checked": self.snapshots_checked,
-                "packs_checked": self.packs_checked, "blobs_checked": self.blobs_checked,
-                "bytes_checked": self.bytes_checked}
+        return {
+            "ok": self.ok,
+            "damaged": self.damaged,
+            "errors": self.errors,
+            "snapshots_checked": self.snapshots_checked,
+            "packs_checked": self.packs_checked,
+            "blobs_checked": self.blobs_checked,
+            "bytes_checked": self.bytes_checked,
+        }
 
 
 def _blobs_by_pack(repo: Repository) -> Iterator[tuple[str, list[BlobEntry]]]:
     cur: str | None = None
     group: list[BlobEntry] = []
     for r in repo.cache.db.execute(
-            "SELECT pack, type, id, offset, length, raw_length, flags FROM blobs "
-            "ORDER BY pack, offset"):
+        "SELECT pack, type, id, offset, length, raw_length, flags FROM blobs ORDER BY pack, offset"
+    ):
         pack = r[0].hex()
         if pack != cur:
             if cur is not None:
@@ -76,10 +81,12 @@ def _blobs_by_pack(repo: Repository) -> Iterator[tuple[str, list[BlobEntry]]]:
 def check_blob(repo: Repository, data: bytes | memoryview, e: BlobEntry) -> str | None:
     """Why a blob is bad, or None when it decrypts to its id."""
     try:
-        payload = repo.crypto.open(memoryview(data)[e.offset:e.offset + e.length], e.id,
-                                   "blob")
-        plain = objects.decompressor().decompress(payload, max_output_size=e.raw_length) \
-            if e.flags & COMPRESSED else payload
+        payload = repo.crypto.open(memoryview(data)[e.offset : e.offset + e.length], e.id, "blob")
+        plain = (
+            objects.decompressor().decompress(payload, max_output_size=e.raw_length)
+            if e.flags & COMPRESSED
+            else payload
+        )
     except (IntegrityError, zstandard.ZstdError) as exc:
         return str(exc)
     if len(plain) != e.raw_length or repo.crypto.chunk_id(plain) != e.id:
@@ -87,13 +94,14 @@ def check_blob(repo: Repository, data: bytes | memoryview, e: BlobEntry) -> str 
     return None
 
 
-def check_pack(repo: Repository, name: str, entries: list[BlobEntry]
-               ) -> tuple[list[str], set[bytes], int]:
-    """Read one pack: (problems, ids of bad blobs, bytes read)."""
+def check_pack(
+    repo: Repository, name: str, entries: list[BlobEntry]
+) -> tuple[list[str], set[bytes], int, int]:
+    """Read one pack: (problems, ids of bad blobs, bytes read, blobs checked)."""
     try:
         data = repo.backend.read("data", name)
     except FileNotFoundError:
-        return [f"pack {name} is missing"], {e.id for e in entries}, 0
+        return [f"pack {name} is missing"], {e.id for e in entries}, 0, 0
     problems = []
     if hashlib.sha256(data).hexdigest() != name:
         problems.append(f"pack {name} does not match its name (damaged or tampered with)")
@@ -110,7 +118,7 @@ def check_pack(repo: Repository, name: str, entries: list[BlobEntry]
             bad.add(e.id)
     if bad and not problems:
         problems.append(f"pack {name}: {len(bad)} blobs are damaged")
-    return problems, bad, len(data)
+    return problems, bad, len(data), len(entries)
 
 
 class Verifier:
@@ -127,8 +135,7 @@ class Verifier:
         for kind in ("index", "keys"):
             for name, _size in self.repo.backend.list(kind):
                 try:
-                    objects.check_name(name, self.repo.backend.read(kind, name),
-                                       f"{kind}/{name}")
+                    objects.check_name(name, self.repo.backend.read(kind, name), f"{kind}/{name}")
                 except IntegrityError as exc:
                     self.report.errors.append(str(exc))
 
@@ -139,7 +146,7 @@ class Verifier:
         rng = random.Random()
         fraction = self.opts.sample_percent / 100.0
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="verify") as pool:
-            futures: list[Future[tuple[list[str], set[bytes], int]]] = []
+            futures: list[Future[tuple[list[str], set[bytes], int, int]]] = []
             for name, entries in _blobs_by_pack(self.repo):
                 indexed.add(name)
                 if name not in stored:
@@ -154,8 +161,9 @@ class Verifier:
             for f in futures:
                 self._collect(f)
 
-    def _collect(self, f: Future[tuple[list[str], set[bytes], int]]) -> None:
-        problems, bad, n = f.result()
+    def _collect(self, f: Future[tuple[list[str], set[bytes], int, int]]) -> None:
+        problems, bad, n, blobs = f.result()
+        self.report.blobs_checked += blobs
         self.report.errors.extend(problems)
         self.bad.update(bad)
         self.report.packs_checked += 1
@@ -179,9 +187,10 @@ class Verifier:
                     name = "/" + node["name"].decode("utf-8", "surrogateescape")
                     if node["type"] == "dir":
                         memo.extend(name + p for p in self.damaged_in_tree(node["subtree"], ""))
-                    elif any(cid is not None and (cid in self.bad or
-                                                  self.repo.cache.lookup(cid) is None)
-                             for cid, _n in node.get("content", ())):
+                    elif any(
+                        cid is not None and (cid in self.bad or self.repo.cache.lookup(cid) is None)
+                        for cid, _n in node.get("content", ())
+                    ):
                         memo.append(name)
             self.tree_memo[tid] = memo
         return [prefix + p for p in memo]
@@ -193,20 +202,26 @@ class Verifier:
             except FileNotFoundError:
                 continue
             except IntegrityError as exc:
-                self.report.damaged.append({"snapshot": name, "time": None,
-                                            "files": [], "reason": str(exc)})
+                self.report.damaged.append(
+                    {"snapshot": name, "time": None, "files": [], "reason": str(exc)}
+                )
                 continue
             self.report.snapshots_checked += 1
             files = [p or "/" for p in self.damaged_in_tree(snap.tree, "")]
             if files:
-                self.report.damaged.append({"snapshot": snap.id, "time": iso_time(snap.time),
-                                            "files": files,
-                                            "reason": f"{len(files)} files cannot be restored "
-                                                      "whole"})
+                self.report.damaged.append(
+                    {
+                        "snapshot": snap.id,
+                        "time": iso_time(snap.time),
+                        "files": files,
+                        "reason": f"{len(files)} files cannot be restored whole",
+                    }
+                )
 
 
-def verify_store(repo: Repository, options: VerifyOptions,
-                 progress: Progress | None = None) -> VerifyReport:
+def verify_store(
+    repo: Repository, options: VerifyOptions, progress: Progress | None = None
+) -> VerifyReport:
     """Check the store; never raises for damage it finds, reports it instead."""
     v = Verifier(repo, options, progress or NullProgress())
     names = [repo.find_snapshot(s).id for s in options.snapshots] or repo.snapshot_names()

@@ -53,7 +53,9 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # a bug: still one line, and a way to see more
         if os.environ.get("ISIDORUS_DEBUG"):
             traceback.print_exc()
-        sys.stderr.write(f"isidorus: internal error: {type(exc).__name__}: {exc} "
-                         "(set ISIDORUS_DEBUG=1 for details, and please report it)\n")
+        sys.stderr.write(
+            f"isidorus: internal error: {type(exc).__name__}: {exc} "
+            "(set ISIDORUS_DEBUG=1 for details, and please report it)\n"
+        )
         code = 70
     sys.exit(code if isinstance(code, int) else 0)

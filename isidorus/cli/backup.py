@@ -29,14 +29,17 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def store_options(f: F) -> F:
     @click.argument("store")
-    @click.option("--passphrase-file", type=click.Path(dir_okay=False),
-                  help="Read the passphrase from this file (else ISIDORUS_PASSPHRASE, "
-                       "else a prompt).")
+    @click.option(
+        "--passphrase-file",
+        type=click.Path(dir_okay=False),
+        help="Read the passphrase from this file (else ISIDORUS_PASSPHRASE, else a prompt).",
+    )
     @functools.wraps(f)
     def wrapper(store: str, passphrase_file: str | None, **kw: Any) -> Any:
         conf = settings.load()
         ref = ops.StoreRef(store, passphrase_source(passphrase_file), conf["cache_dir"])
         return f(ref, **kw)
+
     return wrapper  # type: ignore[return-value]
 
 
@@ -51,25 +54,49 @@ def backup() -> None:
 
 @backup.command()
 @click.argument("store")
-@click.option("--encryption", type=click.Choice(["aes256", "none"]), default="aes256",
-              show_default=True, help="Encrypt every object (default), or not at all.")
-@click.option("--passphrase-file", type=click.Path(dir_okay=False),
-              help="Read the passphrase from this file.")
-@click.option("--kdf-memory", type=click.IntRange(8, 4096), default=64, show_default=True,
-              help="MiB of memory for deriving the key (lower it on very small machines).")
-@click.option("--kdf-time", type=click.IntRange(1, 20), default=3, show_default=True,
-              help="Argon2id passes for deriving the key.")
-def init(store: str, encryption: str, passphrase_file: str | None, kdf_memory: int,
-         kdf_time: int) -> None:
+@click.option(
+    "--encryption",
+    type=click.Choice(["aes256", "none"]),
+    default="aes256",
+    show_default=True,
+    help="Encrypt every object (default), or not at all.",
+)
+@click.option(
+    "--passphrase-file", type=click.Path(dir_okay=False), help="Read the passphrase from this file."
+)
+@click.option(
+    "--kdf-memory",
+    type=click.IntRange(8, 4096),
+    default=64,
+    show_default=True,
+    help="MiB of memory for deriving the key (lower it on very small machines).",
+)
+@click.option(
+    "--kdf-time",
+    type=click.IntRange(1, 20),
+    default=3,
+    show_default=True,
+    help="Argon2id passes for deriving the key.",
+)
+def init(
+    store: str, encryption: str, passphrase_file: str | None, kdf_memory: int, kdf_time: int
+) -> None:
     """Create an empty store at STORE (a directory)."""
     encrypted = encryption == "aes256"
     source = passphrase_source(passphrase_file, confirm=True) if encrypted else None
-    ops.init_store(store, source, encrypted=encrypted,
-                   kdf=KdfParams(time_cost=kdf_time, memory_kib=kdf_memory * 1024))
+    ops.init_store(
+        store,
+        source,
+        encrypted=encrypted,
+        kdf=KdfParams(time_cost=kdf_time, memory_kib=kdf_memory * 1024),
+    )
     click.echo(f"created {'an encrypted' if encrypted else 'an unencrypted'} store at {store}")
     if encrypted:
-        click.echo("keep the passphrase safe: without it the backups cannot be read. "
-                   "`isidorus backup key export` saves a copy of the key.", err=True)
+        click.echo(
+            "keep the passphrase safe: without it the backups cannot be read. "
+            "`isidorus backup key export` saves a copy of the key.",
+            err=True,
+        )
 
 
 def _parse_time(value: str | None) -> datetime | None:
@@ -78,50 +105,79 @@ def _parse_time(value: str | None) -> datetime | None:
     try:
         return parse_time(value)
     except ValueError:
-        raise UsageError(f"--time {value!r} is not an ISO 8601 time, e.g. "
-                         "2026-11-25T03:00:00Z") from None
+        raise UsageError(
+            f"--time {value!r} is not an ISO 8601 time, e.g. 2026-11-25T03:00:00Z"
+        ) from None
 
 
 @backup.command()
 @store_options
 @click.argument("paths", nargs=-1)
 @click.option("--tag", "tags", multiple=True, help="Tag the snapshot (repeatable).")
-@click.option("--exclude", "excludes", multiple=True, metavar="GLOB",
-              help="Leave out matching paths; a GLOB without '/' matches names (repeatable).")
+@click.option(
+    "--exclude",
+    "excludes",
+    multiple=True,
+    metavar="GLOB",
+    help="Leave out matching paths; a GLOB without '/' matches names (repeatable).",
+)
 @click.option("--one-file-system", is_flag=True, help="Do not cross into other file systems.")
 @click.option("--time", "when", metavar="ISO8601", help="The snapshot's time (default: now).")
 @click.option("--image", metavar="FILE_OR_DEVICE", help="Back up a disk image or block device.")
-@click.option("--stdin", "stdin_name", metavar="NAME",
-              help="Back up standard input as one file NAME.")
-@click.option("--parent", metavar="SNAPSHOT",
-              help="Compare with this snapshot (default: the latest of the same paths).")
+@click.option(
+    "--stdin", "stdin_name", metavar="NAME", help="Back up standard input as one file NAME."
+)
+@click.option(
+    "--parent",
+    metavar="SNAPSHOT",
+    help="Compare with this snapshot (default: the latest of the same paths).",
+)
 @json_option
-def create(ref: ops.StoreRef, paths: tuple[str, ...], tags: tuple[str, ...],
-           excludes: tuple[str, ...], one_file_system: bool, when: str | None,
-           image: str | None, stdin_name: str | None, parent: str | None,
-           as_json: bool) -> int:
+def create(
+    ref: ops.StoreRef,
+    paths: tuple[str, ...],
+    tags: tuple[str, ...],
+    excludes: tuple[str, ...],
+    one_file_system: bool,
+    when: str | None,
+    image: str | None,
+    stdin_name: str | None,
+    parent: str | None,
+    as_json: bool,
+) -> int:
     """Make a snapshot of PATHS (or of --image, or of --stdin)."""
     sources = sum(1 for x in (paths, image, stdin_name) if x)
     if sources != 1:
         raise UsageError("give PATHS, --image FILE or --stdin NAME (exactly one of them)")
     conf = settings.load()
-    options = BackupOptions(paths=paths, tags=tags, excludes=excludes,
-                            one_file_system=one_file_system, time=_parse_time(when),
-                            parent=parent, threads=int(conf["backup_threads"]))
+    options = BackupOptions(
+        paths=paths,
+        tags=tags,
+        excludes=excludes,
+        one_file_system=one_file_system,
+        time=_parse_time(when),
+        parent=parent,
+        threads=int(conf["backup_threads"]),
+    )
     progress = TerminalProgress()
     if image:
         result = ops.create_image_backup(ref, image, options, progress)
     elif stdin_name:
         if sys.stdin.isatty():
-            raise UsageError("--stdin reads a stream: pipe something in, e.g. "
-                             "`pg_dump db | isidorus backup create STORE --stdin db.sql`")
+            raise UsageError(
+                "--stdin reads a stream: pipe something in, e.g. "
+                "`pg_dump db | isidorus backup create STORE --stdin db.sql`"
+            )
         result = ops.create_stream_backup(ref, stdin_name, sys.stdin.buffer, options, progress)
     else:
         result = ops.create_backup(ref, options, progress)
     _print_backup(result, as_json)
     if result.partial:
-        click.echo(f"isidorus: snapshot {result.snapshot.short_id} is partial: "
-                   f"{len(result.errors)} files could not be read (listed above)", err=True)
+        click.echo(
+            f"isidorus: snapshot {result.snapshot.short_id} is partial: "
+            f"{len(result.errors)} files could not be read (listed above)",
+            err=True,
+        )
         return 3
     return 0
 
@@ -130,10 +186,12 @@ def _print_backup(r: BackupResult, as_json: bool) -> None:
     if as_json:
         print_json(r.to_json())
         return
-    click.echo(f"snapshot {r.snapshot.short_id} saved: {r.files} files, {r.dirs} dirs, "
-               f"{human_bytes(r.bytes_total)}; read {human_bytes(r.bytes_read)}, "
-               f"new {human_bytes(r.bytes_new)}, stored {human_bytes(r.bytes_stored)} "
-               f"in {r.seconds:.1f} s")
+    click.echo(
+        f"snapshot {r.snapshot.short_id} saved: {r.files} files, {r.dirs} dirs, "
+        f"{human_bytes(r.bytes_total)}; read {human_bytes(r.bytes_read)}, "
+        f"new {human_bytes(r.bytes_new)}, stored {human_bytes(r.bytes_stored)} "
+        f"in {r.seconds:.1f} s"
+    )
 
 
 @backup.command("list")
@@ -148,15 +206,24 @@ def list_(ref: ops.StoreRef, tags: tuple[str, ...], as_json: bool) -> None:
         return
     for s in snaps:
         flag = " (partial)" if s.partial else ""
-        click.echo(f"{s.short_id}  {iso_time(s.time)[:19].replace('T', ' ')}  {s.kind:5}  "
-                   f"{','.join(s.tags) or '-':12}  {' '.join(s.paths)}{flag}")
+        click.echo(
+            f"{s.short_id}  {iso_time(s.time)[:19].replace('T', ' ')}  {s.kind:5}  "
+            f"{','.join(s.tags) or '-':12}  {' '.join(s.paths)}{flag}"
+        )
     click.echo(f"{len(snaps)} snapshots", err=True)
 
 
 def _mode_string(node: dict[str, Any]) -> str:
-    kinds = {"dir": stat.S_IFDIR, "file": stat.S_IFREG, "hardlink": stat.S_IFREG,
-             "symlink": stat.S_IFLNK, "fifo": stat.S_IFIFO, "chardev": stat.S_IFCHR,
-             "blockdev": stat.S_IFBLK, "socket": stat.S_IFSOCK}
+    kinds = {
+        "dir": stat.S_IFDIR,
+        "file": stat.S_IFREG,
+        "hardlink": stat.S_IFREG,
+        "symlink": stat.S_IFLNK,
+        "fifo": stat.S_IFIFO,
+        "chardev": stat.S_IFCHR,
+        "blockdev": stat.S_IFBLK,
+        "socket": stat.S_IFSOCK,
+    }
     return stat.filemode(kinds.get(node["type"], 0) | node["mode"])
 
 
@@ -170,10 +237,20 @@ def ls(ref: ops.StoreRef, snapshot: str, path: str, long_: bool, as_json: bool) 
     """List the files of SNAPSHOT (below PATH)."""
     _snap, entries = ops.list_files(ref, snapshot, path)
     if as_json:
-        print_json([{"path": p, "type": n["type"], "mode": n["mode"], "uid": n["uid"],
-                     "gid": n["gid"], "size": n.get("size"),
-                     "mtime": iso_time(datetime.fromtimestamp(int(n["mtime"]) / 1e9).astimezone())}
-                    for p, n in entries])
+        print_json(
+            [
+                {
+                    "path": p,
+                    "type": n["type"],
+                    "mode": n["mode"],
+                    "uid": n["uid"],
+                    "gid": n["gid"],
+                    "size": n.get("size"),
+                    "mtime": iso_time(datetime.fromtimestamp(int(n["mtime"]) / 1e9).astimezone()),
+                }
+                for p, n in entries
+            ]
+        )
         return
     for p, n in entries:
         if long_:
@@ -214,65 +291,95 @@ def diff(ref: ops.StoreRef, snapshot_a: str, snapshot_b: str, as_json: bool) -> 
 @store_options
 @click.argument("snapshot")
 @click.argument("target")
-@click.option("--path", "paths", multiple=True,
-              help="Restore only this path of the snapshot (repeatable).")
+@click.option(
+    "--path", "paths", multiple=True, help="Restore only this path of the snapshot (repeatable)."
+)
 @click.option("--overwrite", is_flag=True, help="Replace files that exist in TARGET.")
 @json_option
-def restore(ref: ops.StoreRef, snapshot: str, target: str, paths: tuple[str, ...],
-            overwrite: bool, as_json: bool) -> int:
+def restore(
+    ref: ops.StoreRef,
+    snapshot: str,
+    target: str,
+    paths: tuple[str, ...],
+    overwrite: bool,
+    as_json: bool,
+) -> int:
     """Restore SNAPSHOT into TARGET (an image snapshot: to the file TARGET)."""
     conf = settings.load()
-    snap, r = ops.restore(ref, snapshot,
-                          RestoreOptions(target=target, include=paths, overwrite=overwrite,
-                                         threads=int(conf["backup_threads"])),
-                          TerminalProgress())
+    snap, r = ops.restore(
+        ref,
+        snapshot,
+        RestoreOptions(
+            target=target, include=paths, overwrite=overwrite, threads=int(conf["backup_threads"])
+        ),
+        TerminalProgress(),
+    )
     if as_json:
         print_json({"snapshot": snap.id, **r.to_json()})
     else:
-        click.echo(f"restored snapshot {snap.short_id}: {r.files} files, {r.dirs} dirs, "
-                   f"{human_bytes(r.bytes_written)} in {r.seconds:.1f} s")
+        click.echo(
+            f"restored snapshot {snap.short_id}: {r.files} files, {r.dirs} dirs, "
+            f"{human_bytes(r.bytes_written)} in {r.seconds:.1f} s"
+        )
     if r.errors:
-        click.echo(f"isidorus: {len(r.errors)} entries could not be restored (listed above)",
-                   err=True)
+        click.echo(
+            f"isidorus: {len(r.errors)} entries could not be restored (listed above)", err=True
+        )
         return 3
     return 0
 
 
 @backup.command()
 @store_options
-@click.option("--snapshot", "snapshots", multiple=True,
-              help="Check only this snapshot's files (repeatable).")
-@click.option("--sample", type=click.FloatRange(0, 100, min_open=True), default=100.0,
-              metavar="PERCENT", help="Read only this share of the packs, chosen at random.")
-@click.option("--no-read-data", is_flag=True,
-              help="Check structure only, without reading the packs.")
+@click.option(
+    "--snapshot", "snapshots", multiple=True, help="Check only this snapshot's files (repeatable)."
+)
+@click.option(
+    "--sample",
+    type=click.FloatRange(0, 100, min_open=True),
+    default=100.0,
+    metavar="PERCENT",
+    help="Read only this share of the packs, chosen at random.",
+)
+@click.option(
+    "--no-read-data", is_flag=True, help="Check structure only, without reading the packs."
+)
 @json_option
-def verify(ref: ops.StoreRef, snapshots: tuple[str, ...], sample: float, no_read_data: bool,
-           as_json: bool) -> int:
+def verify(
+    ref: ops.StoreRef, snapshots: tuple[str, ...], sample: float, no_read_data: bool, as_json: bool
+) -> int:
     """Check the store; exit 1 and name every damaged snapshot and file if any."""
-    report = ops.verify(ref, VerifyOptions(snapshots=snapshots, read_data=not no_read_data,
-                                           sample_percent=sample), TerminalProgress())
+    report = ops.verify(
+        ref,
+        VerifyOptions(snapshots=snapshots, read_data=not no_read_data, sample_percent=sample),
+        TerminalProgress(),
+    )
     if as_json:
         print_json(report.to_json())
     else:
         for e in report.errors:
             click.echo(f"error: {e}")
         for d in report.damaged:
-            click.echo(f"damaged snapshot {d['snapshot'][:8]} ({d['time'] or '?'}): "
-                       f"{d['reason']}")
+            click.echo(f"damaged snapshot {d['snapshot'][:8]} ({d['time'] or '?'}): {d['reason']}")
             for f in d["files"]:
                 click.echo(f"  {f}")
         state = "intact" if report.ok else "DAMAGED"
-        click.echo(f"{state}: {report.snapshots_checked} snapshots, {report.packs_checked} "
-                   f"packs ({human_bytes(report.bytes_checked)}) checked")
+        click.echo(
+            f"{state}: {report.snapshots_checked} snapshots, {report.packs_checked} "
+            f"packs ({human_bytes(report.bytes_checked)}) checked"
+        )
     return 0 if report.ok else 1
 
 
 @backup.command()
 @store_options
 @click.option("--keep-last", type=click.IntRange(0), default=0, help="Keep the N newest.")
-@click.option("--keep-hourly", type=click.IntRange(0), default=0,
-              help="Keep the newest of each of the last N hours that have one.")
+@click.option(
+    "--keep-hourly",
+    type=click.IntRange(0),
+    default=0,
+    help="Keep the newest of each of the last N hours that have one.",
+)
 @click.option("--keep-daily", type=click.IntRange(0), default=0, help="… of N days.")
 @click.option("--keep-weekly", type=click.IntRange(0), default=0, help="… of N ISO weeks.")
 @click.option("--keep-monthly", type=click.IntRange(0), default=0, help="… of N months.")
@@ -280,12 +387,20 @@ def verify(ref: ops.StoreRef, snapshots: tuple[str, ...], sample: float, no_read
 @click.option("--tag", "tags", multiple=True, help="Only consider snapshots with this tag.")
 @click.option("--dry-run", is_flag=True, help="Say what would be removed; remove nothing.")
 @json_option
-def prune(ref: ops.StoreRef, keep_last: int, keep_hourly: int, keep_daily: int,
-          keep_weekly: int, keep_monthly: int, keep_yearly: int, tags: tuple[str, ...],
-          dry_run: bool, as_json: bool) -> None:
+def prune(
+    ref: ops.StoreRef,
+    keep_last: int,
+    keep_hourly: int,
+    keep_daily: int,
+    keep_weekly: int,
+    keep_monthly: int,
+    keep_yearly: int,
+    tags: tuple[str, ...],
+    dry_run: bool,
+    as_json: bool,
+) -> None:
     """Remove the snapshots no --keep-* rule keeps (run gc afterwards to free space)."""
-    policy = KeepPolicy(keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly,
-                        keep_yearly)
+    policy = KeepPolicy(keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly)
     plan = ops.prune(ref, policy, tags=tags, dry_run=dry_run)
     if as_json:
         print_json({"dry_run": dry_run, **plan.to_json()})
@@ -294,16 +409,20 @@ def prune(ref: ops.StoreRef, keep_last: int, keep_hourly: int, keep_daily: int,
         click.echo(f"{host} {kind} {' '.join(paths)}:")
         for d in decisions:
             verb = "keep  " if d.keep else ("would remove" if dry_run else "remove")
-            click.echo(f"  {verb} {d.snapshot.short_id} {iso_time(d.snapshot.time)[:19]}  "
-                       f"{d.reason}")
+            click.echo(
+                f"  {verb} {d.snapshot.short_id} {iso_time(d.snapshot.time)[:19]}  {d.reason}"
+            )
     s = plan.stats()
     click.echo(f"{s['keep']} kept, {s['remove']} {'to remove' if dry_run else 'removed'}")
 
 
 @backup.command()
 @store_options
-@click.option("--no-wait", is_flag=True,
-              help="Do not wait for running backups; run gc again later to carry on.")
+@click.option(
+    "--no-wait",
+    is_flag=True,
+    help="Do not wait for running backups; run gc again later to carry on.",
+)
 @json_option
 def gc(ref: ops.StoreRef, no_wait: bool, as_json: bool) -> None:
     """Free the space of data no snapshot needs. Safe while backups run."""
@@ -311,17 +430,25 @@ def gc(ref: ops.StoreRef, no_wait: bool, as_json: bool) -> None:
     if as_json:
         print_json(r.to_json())
     elif not r.done:
-        click.echo("gc is half done: waiting for " + ", ".join(r.waiting_for)
-                   + "; run gc again once they end")
+        click.echo(
+            "gc is half done: waiting for "
+            + ", ".join(r.waiting_for)
+            + "; run gc again once they end"
+        )
     else:
-        click.echo(f"gc done: {r.packs_deleted} packs deleted, {r.packs_repacked} repacked, "
-                   f"{human_bytes(r.bytes_freed)} freed")
+        click.echo(
+            f"gc done: {r.packs_deleted} packs deleted, {r.packs_repacked} repacked, "
+            f"{human_bytes(r.bytes_freed)} freed"
+        )
 
 
 @backup.command()
 @store_options
-@click.option("--remove-all", is_flag=True,
-              help="Also remove sessions of other hosts (only once you know they are gone).")
+@click.option(
+    "--remove-all",
+    is_flag=True,
+    help="Also remove sessions of other hosts (only once you know they are gone).",
+)
 def unlock(ref: ops.StoreRef, remove_all: bool) -> None:
     """Remove locks left by processes that are gone."""
     gone = ops.unlock_store(ref, remove_all)
@@ -337,13 +464,16 @@ def key() -> None:
 
 @key.command("change-passphrase")
 @store_options
-@click.option("--new-passphrase-file", type=click.Path(dir_okay=False),
-              help="Read the new passphrase from this file (else ISIDORUS_NEW_PASSPHRASE, "
-                   "else a prompt).")
+@click.option(
+    "--new-passphrase-file",
+    type=click.Path(dir_okay=False),
+    help="Read the new passphrase from this file (else ISIDORUS_NEW_PASSPHRASE, else a prompt).",
+)
 def change_passphrase(ref: ops.StoreRef, new_passphrase_file: str | None) -> None:
     """Protect the store's key with a new passphrase."""
-    new = passphrase_source(new_passphrase_file, confirm=True, env="ISIDORUS_NEW_PASSPHRASE",
-                            what="new passphrase")
+    new = passphrase_source(
+        new_passphrase_file, confirm=True, env="ISIDORUS_NEW_PASSPHRASE", what="new passphrase"
+    )
     ops.change_passphrase(ref, new)
     click.echo("passphrase changed")
 

@@ -48,16 +48,23 @@ class TerminalProgress:
         if not self.live:
             return
         self.items, self.total_items = 0, total_items
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
-                            TextColumn("{task.fields[files]}"), DownloadColumn(),
-                            TransferSpeedColumn(), TimeRemainingColumn(),
-                            console=err_console, transient=True)
+        self.bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.fields[files]}"),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=err_console,
+            transient=True,
+        )
         self.task = self.bar.add_task(what, total=total_bytes, files=self._files())
         self.bar.start()
 
     def _files(self) -> str:
-        return f"{self.items:,}" + (f"/{self.total_items:,} files" if self.total_items
-                                    else " files")
+        return f"{self.items:,}" + (
+            f"/{self.total_items:,} files" if self.total_items else " files"
+        )
 
     def set_total(self, total_items: int | None, total_bytes: int | None) -> None:
         if self.bar is not None and self.task is not None:
@@ -81,19 +88,25 @@ class TerminalProgress:
             self.bar = None
 
 
-def passphrase_source(passphrase_file: str | None, *, confirm: bool = False,
-                      env: str = "ISIDORUS_PASSPHRASE", what: str = "passphrase"
-                      ) -> Callable[[], bytes]:
+def passphrase_source(
+    passphrase_file: str | None,
+    *,
+    confirm: bool = False,
+    env: str = "ISIDORUS_PASSPHRASE",
+    what: str = "passphrase",
+) -> Callable[[], bytes]:
     """Where the passphrase comes from, asked only when the store needs it: a file, the
     environment, or a prompt on a terminal."""
+
     def get() -> bytes:
         if passphrase_file:
             try:
                 with open(passphrase_file, "rb") as f:
                     value = f.read().rstrip(b"\r\n")
             except OSError as exc:
-                raise UsageError(f"cannot read the {what} file {passphrase_file}: "
-                                 f"{exc.strerror}") from None
+                raise UsageError(
+                    f"cannot read the {what} file {passphrase_file}: {exc.strerror}"
+                ) from None
         elif os.environ.get(env) is not None:
             value = os.environ[env].encode()
         elif sys.stdin.isatty():
@@ -101,11 +114,11 @@ def passphrase_source(passphrase_file: str | None, *, confirm: bool = False,
             if confirm and getpass.getpass(f"Repeat the {what}: ").encode() != value:
                 raise UsageError(f"the two {what}s differ: try again")
         else:
-            raise UsageError(f"no {what}: set {env}, pass --passphrase-file, or run in a "
-                             "terminal")
+            raise UsageError(f"no {what}: set {env}, pass --passphrase-file, or run in a terminal")
         if not value:
             raise UsageError(f"the {what} is empty: choose a non-empty one")
         return value
+
     return get
 
 

@@ -50,12 +50,13 @@ def backend_for(location: str) -> Backend:
 
 
 @contextlib.contextmanager
-def opened(ref: StoreRef, purpose: str, *, exclusive: bool = False
-           ) -> Iterator[Repository]:
+def opened(ref: StoreRef, purpose: str, *, exclusive: bool = False) -> Iterator[Repository]:
     backend = backend_for(ref.location)
     if isinstance(backend, LocalBackend) and not os.path.isdir(backend.root):
-        raise StoreError(f"{ref.location} does not exist: check the path, or create a store "
-                         "with `isidorus backup init`")
+        raise StoreError(
+            f"{ref.location} does not exist: check the path, or create a store "
+            "with `isidorus backup init`"
+        )
     repo = Repository.open(backend, ref.passphrase, ref.cache_dir)
     try:
         with locks.session(backend, purpose, exclusive=exclusive) as me:
@@ -65,8 +66,13 @@ def opened(ref: StoreRef, purpose: str, *, exclusive: bool = False
         repo.close()
 
 
-def init_store(location: str, passphrase: Passphrase | None, *, encrypted: bool = True,
-               kdf: crypto.KdfParams | None = None) -> None:
+def init_store(
+    location: str,
+    passphrase: Passphrase | None,
+    *,
+    encrypted: bool = True,
+    kdf: crypto.KdfParams | None = None,
+) -> None:
     Repository.init(backend_for(location), passphrase, encrypted=encrypted, kdf=kdf)
 
 
@@ -75,14 +81,16 @@ def create_backup(ref: StoreRef, options: BackupOptions, progress: Progress) -> 
         return create_snapshot(repo, options, progress)
 
 
-def create_image_backup(ref: StoreRef, image: str, options: BackupOptions,
-                        progress: Progress) -> BackupResult:
+def create_image_backup(
+    ref: StoreRef, image: str, options: BackupOptions, progress: Progress
+) -> BackupResult:
     with opened(ref, "backup") as repo:
         return create_image_snapshot(repo, image, options, progress)
 
 
-def create_stream_backup(ref: StoreRef, name: str, stream: BinaryIO, options: BackupOptions,
-                         progress: Progress) -> BackupResult:
+def create_stream_backup(
+    ref: StoreRef, name: str, stream: BinaryIO, options: BackupOptions, progress: Progress
+) -> BackupResult:
     with opened(ref, "backup") as repo:
         return create_stream_snapshot(repo, name, stream, options, progress)
 
@@ -93,8 +101,9 @@ def list_snapshots(ref: StoreRef, tags: tuple[str, ...] = ()) -> list[Snapshot]:
     return [s for s in snaps if all(t in s.tags for t in tags)]
 
 
-def list_files(ref: StoreRef, snapshot: str, path: str = "/", recursive: bool = True
-               ) -> tuple[Snapshot, list[tuple[str, dict[str, Any]]]]:
+def list_files(
+    ref: StoreRef, snapshot: str, path: str = "/", recursive: bool = True
+) -> tuple[Snapshot, list[tuple[str, dict[str, Any]]]]:
     with opened(ref, "ls") as repo:
         snap = repo.find_snapshot(snapshot)
         return snap, list(browse.list_path(repo, snap, path, recursive))
@@ -110,8 +119,9 @@ def diff_snapshots(ref: StoreRef, a: str, b: str) -> list[tuple[str, str]]:
         return list(browse.diff(repo, repo.find_snapshot(a), repo.find_snapshot(b)))
 
 
-def restore(ref: StoreRef, snapshot: str, options: RestoreOptions,
-            progress: Progress) -> tuple[Snapshot, RestoreResult]:
+def restore(
+    ref: StoreRef, snapshot: str, options: RestoreOptions, progress: Progress
+) -> tuple[Snapshot, RestoreResult]:
     with opened(ref, "restore") as repo:
         snap = repo.find_snapshot(snapshot)
         return snap, restore_snapshot(repo, snap, options, progress)
@@ -122,8 +132,9 @@ def verify(ref: StoreRef, options: VerifyOptions, progress: Progress) -> VerifyR
         return verify_store(repo, options, progress)
 
 
-def prune(ref: StoreRef, policy: KeepPolicy, *, tags: tuple[str, ...] = (),
-          dry_run: bool = False) -> PrunePlan:
+def prune(
+    ref: StoreRef, policy: KeepPolicy, *, tags: tuple[str, ...] = (), dry_run: bool = False
+) -> PrunePlan:
     """Plan which snapshots the policy keeps; unless dry_run, remove the others."""
     with opened(ref, "prune", exclusive=not dry_run) as repo:
         plan = plan_prune(repo.list_snapshots(), policy, tags=tags)
@@ -137,8 +148,7 @@ def gc(ref: StoreRef, options: GcOptions, progress: Progress) -> GcResult:
         return collect_garbage(repo, options, progress, {repo.session})
 
 
-def change_passphrase(ref: StoreRef, new: Passphrase, kdf: crypto.KdfParams | None = None
-                      ) -> None:
+def change_passphrase(ref: StoreRef, new: Passphrase, kdf: crypto.KdfParams | None = None) -> None:
     """Wrap the master key with a new passphrase, then remove the old key files. The new
     key file is durable before any old one goes, so a crash leaves one that opens."""
     backend = backend_for(ref.location)

@@ -48,8 +48,9 @@ class Backend(Protocol):
 
     def read_range(self, kind: str, name: str, offset: int, length: int) -> bytes: ...
 
-    def write(self, kind: str, name: str, data: bytes | bytearray | memoryview,
-              *, exclusive: bool = False) -> None: ...
+    def write(
+        self, kind: str, name: str, data: bytes | bytearray | memoryview, *, exclusive: bool = False
+    ) -> None: ...
 
     def upload(self) -> Upload:
         """Start writing an object whose name is known only at the end."""

@@ -80,8 +80,12 @@ def check_empty(backend: Backend) -> None:
 
 
 def check_create_twice(backend: Backend) -> None:
-    """create() on a created store raises FileExistsError and keeps what is there."""
-    _raises(FileExistsError, "create() of a created store", backend.create)
+    """create() again before any config exists starts an unfinished init over: it
+    succeeds and drops the key files that init had written (a store exists once its
+    config does)."""
+    backend.write("keys", content_name(b"stale key"), b"stale key")
+    backend.create()
+    _eq([n for n, _ in backend.list("keys")], [], "key files after create() again")
 
 
 def check_create_over_store(backend: Backend) -> None:

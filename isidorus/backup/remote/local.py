@@ -9,6 +9,7 @@ fsynced: a crash leaves either the old state or the new one, never a torn object
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import os
@@ -19,13 +20,15 @@ from collections.abc import Iterator
 from isidorus.backup.errors import BackendError, StoreError
 from isidorus.backup.remote.base import KINDS, MUTABLE_KINDS
 
-_FD_CACHE_SIZE = 64
+_FD_CACHE_SIZE = 32  # open packs kept per thread
 
 
 def _translate(exc: OSError, what: str) -> BackendError:
     if exc.errno == errno.ENOSPC:
-        return BackendError(f"disk full while writing {what}: free some space, then run the "
-                            "command again (nothing was lost)")
+        return BackendError(
+            f"disk full while writing {what}: free some space, then run the "
+            "command again (nothing was lost)"
+        )
     if exc.errno == errno.EDQUOT:
         return BackendError(f"quota exceeded while writing {what}: raise the quota or free space")
     if exc.errno in (errno.EACCES, errno.EPERM):
@@ -57,7 +60,7 @@ class LocalUpload:
         view = memoryview(data)
         try:
             while view:
-                view = view[os.write(self.fd, view):]
+                view = view[os.write(self.fd, view) :]
         except OSError as exc:
             self.abort()
             raise _translate(exc, f"{self.backend.root}/data") from exc
@@ -69,9 +72,12 @@ class LocalUpload:
             os.fsync(self.fd)
             os.close(self.fd)
             self.fd = None
-            with contextlib.suppress(FileExistsError):  # same name, same content
-                os.link(self.tmp, final)
-            os.unlink(self.tmp)
+            if kind in MUTABLE_KINDS:
+                os.rename(self.tmp, final)
+            else:
+                with contextlib.suppress(FileExistsError):  # same name, same content
+                    os.link(self.tmp, final)
+                os.unlink(self.tmp)
             fsync_dir(os.path.dirname(final))
         except OSError as exc:
             self.abort()
@@ -92,7 +98,8 @@ class LocalBackend:
     def __init__(self, path: str) -> None:
         self.root = os.path.abspath(path)
         self.location = self.root
-        self._fds: dict[tuple[str, str], int] = {}
+        self._tls = threading.local()
+        self._caches: list[collections.OrderedDict[tuple[str, str], int]] = []
         self._fd_lock = threading.Lock()
 
     # -- paths
@@ -113,17 +120,30 @@ class LocalBackend:
         if os.path.exists(os.path.join(self.root, "config")):
             raise FileExistsError(self.root)
         if os.path.isdir(self.root) and os.listdir(self.root):
-            raise StoreError(f"{self.root} is not empty and holds no store: choose an empty or "
-                             "new directory")
+            if not self._is_unfinished_init():
+                raise StoreError(
+                    f"{self.root} is not empty and holds no store: choose an empty or new directory"
+                )
+            # an init killed before its config was written: start it again from scratch
+            for name, _size in list(self.list("keys")):
+                self.remove("keys", name)
         try:
             os.makedirs(self.root, exist_ok=True)
             for kind in (*KINDS, "tmp"):
                 os.makedirs(os.path.join(self.root, kind), exist_ok=True)
             for i in range(256):
                 os.makedirs(os.path.join(self.root, "data", f"{i:02x}"), exist_ok=True)
+            for kind in (*KINDS, "tmp"):
+                fsync_dir(os.path.join(self.root, kind))
             fsync_dir(self.root)
         except OSError as exc:
             raise _translate(exc, self.root) from exc
+
+    def _is_unfinished_init(self) -> bool:
+        """The layout of a store with nothing in it but key files."""
+        if set(os.listdir(self.root)) - {*KINDS, "tmp"}:
+            return False
+        return not any(True for kind in KINDS if kind != "keys" for _ in self.list(kind))
 
     def exists(self, kind: str, name: str) -> bool:
         return os.path.exists(self._path(kind, name))
@@ -138,20 +158,36 @@ class LocalBackend:
             raise _translate(exc, f"{kind}/{name}") from exc
 
     def _fd(self, kind: str, name: str) -> int:
+        """A descriptor of an immutable object from this thread's own cache: no other
+        thread can close it under us, and the object never changes while it is open."""
+        cache: collections.OrderedDict[tuple[str, str], int] | None = getattr(
+            self._tls, "fds", None
+        )
+        if cache is None:
+            cache = self._tls.fds = collections.OrderedDict()
+            with self._fd_lock:
+                self._caches.append(cache)
         key = (kind, name)
-        with self._fd_lock:
-            fd = self._fds.get(key)
-            if fd is None:
-                fd = os.open(self._path(kind, name), os.O_RDONLY)
-                if len(self._fds) >= _FD_CACHE_SIZE:
-                    old_key = next(iter(self._fds))
-                    os.close(self._fds.pop(old_key))
-                self._fds[key] = fd
-            return fd
+        fd = cache.get(key)
+        if fd is None:
+            fd = os.open(self._path(kind, name), os.O_RDONLY)
+            if len(cache) >= _FD_CACHE_SIZE:
+                os.close(cache.popitem(last=False)[1])
+            cache[key] = fd
+        else:
+            cache.move_to_end(key)
+        return fd
 
     def read_range(self, kind: str, name: str, offset: int, length: int) -> bytes:
         try:
-            data = os.pread(self._fd(kind, name), length, offset)
+            if kind in MUTABLE_KINDS:
+                fd = os.open(self._path(kind, name), os.O_RDONLY)
+                try:
+                    data = os.pread(fd, length, offset)
+                finally:
+                    os.close(fd)
+            else:
+                data = os.pread(self._fd(kind, name), length, offset)
         except FileNotFoundError:
             raise
         except OSError as exc:
@@ -160,8 +196,9 @@ class LocalBackend:
             raise BackendError(f"{kind}/{name} is shorter than expected (truncated?)")
         return data
 
-    def write(self, kind: str, name: str, data: bytes | bytearray | memoryview,
-              *, exclusive: bool = False) -> None:
+    def write(
+        self, kind: str, name: str, data: bytes | bytearray | memoryview, *, exclusive: bool = False
+    ) -> None:
         final = self._path(kind, name)
         tmp = os.path.join(self.root, "tmp", f"{name[:16]}-{secrets.token_hex(8)}.tmp")
         try:
@@ -206,14 +243,17 @@ class LocalBackend:
             raise _translate(exc, f"{kind}/{name}") from exc
 
     def _forget_fd(self, kind: str, name: str) -> None:
-        with self._fd_lock:
-            fd = self._fds.pop((kind, name), None)
-            if fd is not None:
-                os.close(fd)
+        cache = getattr(self._tls, "fds", None)
+        fd = cache.pop((kind, name), None) if cache is not None else None
+        if fd is not None:
+            os.close(fd)
 
     def list(self, kind: str) -> Iterator[tuple[str, int]]:
-        dirs = ([os.path.join(self.root, "data", f"{i:02x}") for i in range(256)]
-                if kind == "data" else [os.path.join(self.root, kind)])
+        dirs = (
+            [os.path.join(self.root, "data", f"{i:02x}") for i in range(256)]
+            if kind == "data"
+            else [os.path.join(self.root, kind)]
+        )
         for d in dirs:
             try:
                 entries = list(os.scandir(d))
@@ -227,9 +267,11 @@ class LocalBackend:
 
     def close(self) -> None:
         with self._fd_lock:
-            for fd in self._fds.values():
-                os.close(fd)
-            self._fds.clear()
+            for cache in self._caches:
+                for fd in cache.values():
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+                cache.clear()
 
     def clean_tmp(self) -> None:
         """Remove leftovers of writes that a crash interrupted (safe: nothing points to them)."""
