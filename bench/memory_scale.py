@@ -67,8 +67,8 @@ def run_size(work: str, chunks: int, env: dict[str, str]) -> dict[str, tuple[flo
                 "import sys; from isidorus.backup.repository import Repository;"
                 "from isidorus.backup.remote.local import LocalBackend;"
                 "from isidorus.backup.crypto import KdfParams;"
-                f"Repository.init(LocalBackend({store!r}), lambda: b'bench', kdf=KdfParams(1, 8192, 1),"
-                f" chunker={CHUNKER!r})"
+                f"Repository.init(LocalBackend({store!r}), lambda: b'bench',"
+                f" kdf=KdfParams(1, 8192, 1), chunker={CHUNKER!r})"
             ),
         ],
         check=True,
