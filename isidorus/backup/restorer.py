@@ -1,15 +1,15 @@
 """Putting a snapshot back on disk, metadata included.
 
-Directories are made first (owner-only while they fill), file contents are written by a
-thread pool (each file to a temporary name, renamed when complete, so a file that is there
-is whole), hard links are made once their first link exists, and directory metadata is
-set last, children before parents, so their mtimes stick. Holes stay holes. Owners are
-restored by name when the name exists here, else by number, and only as root.
+Each directory is a job for a thread pool: it makes its subdirectories (owner-only while
+they fill) and queues them as jobs, and writes its files (each to a temporary name, renamed
+when complete, so a file that is there is whole). Hard links are made once their first link
+exists, and directory metadata is set last, children before parents, so their mtimes stick.
+Holes stay holes. Owners are restored by name when the name exists here, else by number,
+and only as root.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import errno
 import functools
@@ -20,7 +20,7 @@ import pwd
 import stat
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,7 +58,6 @@ class RestoreResult:
         }
 
 
-_MAX_JOBS = 256  # files queued for the pool before the walk waits
 _TEMP_NAMES = itertools.count(int.from_bytes(os.urandom(4), "big"))  # next() is atomic
 _FATAL = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)  # no later file would fare better
 
@@ -109,7 +108,9 @@ class Restorer:
         self.lock = threading.Lock()
         self.dirs: list[tuple[bytes, Node]] = []
         self.links: list[tuple[bytes, Node]] = []
-        self.futures: collections.deque[Future[None]] = collections.deque()
+        self.cond = threading.Condition()
+        self.outstanding = 0  # directory jobs queued or running
+        self.failure: BaseException | None = None  # the first fatal error of a job
         threads = options.threads or max(2, os.cpu_count() or 2)
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="restore")
 
@@ -255,15 +256,30 @@ class Restorer:
         except OSError as exc:
             self._error(path, exc.strerror or str(exc))
 
-    def submit(self, path: bytes, node: Node) -> None:
-        """Queue a file for the pool; a bounded queue keeps memory flat on huge trees."""
-        self.futures.append(self.pool.submit(self.restore_file, path, node))
-        while len(self.futures) > _MAX_JOBS:
-            self.futures.popleft().result()
+    # -- the walk: one pool job per directory
+    def submit_dir(self, tid: bytes, dest: bytes, spath: bytes) -> None:
+        with self.cond:
+            self.outstanding += 1
+        self.pool.submit(self.restore_dir, tid, dest, spath)
 
-    # -- the walk
-    def walk(self, tid: bytes, dest: bytes, spath: bytes) -> None:
+    def restore_dir(self, tid: bytes, dest: bytes, spath: bytes) -> None:
+        """Make a directory's entries: subdirectories become jobs of their own, files are
+        written right here (so each directory costs one job, not one per file)."""
+        try:
+            if self.failure is None:
+                self._restore_entries(tid, dest, spath)
+        except BaseException as exc:
+            with self.cond:
+                self.failure = self.failure or exc
+        finally:
+            with self.cond:
+                self.outstanding -= 1
+                self.cond.notify_all()
+
+    def _restore_entries(self, tid: bytes, dest: bytes, spath: bytes) -> None:
         for node in decode_tree(self.repo.load_blob(tid)):
+            if self.failure is not None:
+                return
             name = node["name"]
             child_spath = spath + b"/" + name
             take, descend = self.wanted(child_spath)
@@ -278,16 +294,17 @@ class Restorer:
                     if not os.path.isdir(path) or not self.opts.overwrite:
                         self._error(path, "exists already (use --overwrite)")
                         continue
-                self.dirs.append((path, node))
                 with self.lock:
+                    self.dirs.append((path, node))
                     self.result.dirs += 1
                 if descend:
-                    self.walk(node["subtree"], path, child_spath)
+                    self.submit_dir(node["subtree"], path, child_spath)
             elif t == "file":
                 # no existence check: the target was empty, or --overwrite replaces
-                self.submit(path, node)
+                self.restore_file(path, node)
             elif t == "hardlink":
-                self.links.append((path, node))
+                with self.lock:
+                    self.links.append((path, node))
             else:
                 self.make_special(path, node)
 
@@ -298,11 +315,14 @@ class Restorer:
             self.check_include(snap)
             os.makedirs(self.root, exist_ok=True)
             try:
-                self.walk(snap.tree, self.root, b"")
+                self.submit_dir(snap.tree, self.root, b"")
+                with self.cond:
+                    while self.outstanding:
+                        self.cond.wait()
             finally:
-                for f in self.futures:
-                    f.result()
-                self.pool.shutdown(wait=True)
+                self.pool.shutdown(wait=True, cancel_futures=True)
+            if self.failure is not None:
+                raise self.failure
             for path, node in self.links:
                 first = b"/" + node["target"]
                 if self.wanted(first)[0] and os.path.exists(self.root + first):
@@ -312,7 +332,9 @@ class Restorer:
                     except OSError as exc:
                         self._error(path, f"cannot link: {exc.strerror}")
                 self.restore_file(path, node)
-            for path, node in reversed(self.dirs):
+            # children before parents, so a directory's mtime is the last thing set
+            self.dirs.sort(key=lambda d: d[0].count(b"/"), reverse=True)
+            for path, node in self.dirs:
                 self.apply_meta(path, node)
         finally:
             self.progress.finish()
