@@ -1,0 +1,34 @@
+"""The engine stays apart: isidorus.backup imports nothing of isidorus but isidorus.errors,
+and backup/remote/ never imports the rest of the engine (restic's depguard rule)."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+
+import pytest
+
+PKG = pathlib.Path(__file__).resolve().parent.parent / "isidorus"
+
+
+def _imports(path: pathlib.Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+ENGINE = sorted((PKG / "backup").rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", ENGINE, ids=[str(p.relative_to(PKG)) for p in ENGINE])
+def test_engine_imports_only_itself_and_errors(path):
+    for name in _imports(path):
+        if name.startswith("isidorus") and not name.startswith("isidorus.backup"):
+            assert name == "isidorus.errors", f"{path.name} imports {name}"
+        if "remote" in path.parts and name.startswith("isidorus.backup."):
+            allowed = ("isidorus.backup.remote", "isidorus.backup.errors")
+            assert name.startswith(allowed), f"remote/{path.name} imports {name}"
