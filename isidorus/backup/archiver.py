@@ -571,11 +571,18 @@ def _estimate(sources: list[bytes], options: BackupOptions, progress: Progress) 
 
 
 def find_parent(
-    repo: Repository, paths: tuple[str, ...], kind: str, explicit: str | None
+    repo: Repository, paths: tuple[str, ...], kind: str, options: BackupOptions
 ) -> Snapshot | None:
-    if explicit:
-        return repo.find_snapshot(explicit)
-    same = [s for s in repo.list_snapshots() if s.paths == paths and s.kind == kind]
+    """The snapshot to compare with: --parent, else the latest of this host with the same
+    paths (several machines may share a store)."""
+    if options.parent:
+        return repo.find_snapshot(options.parent)
+    host = options.hostname or socket.gethostname()
+    same = [
+        s
+        for s in repo.list_snapshots()
+        if s.paths == paths and s.kind == kind and s.hostname == host
+    ]
     return same[-1] if same else None
 
 
@@ -587,7 +594,7 @@ def create_snapshot(
     missing."""
     sources = normalize_sources(options.paths)
     paths = tuple(os.fsdecode(p) for p in sources)
-    parent = find_parent(repo, paths, "files", options.parent)
+    parent = find_parent(repo, paths, "files", options)
     arch = Archiver(repo, options, progress)
     est = parent.summary if parent else {}
     arch.progress.start("backup", est.get("files"), est.get("bytes_total"))
