@@ -101,7 +101,7 @@ def test_seal_open_round_trip(crypto):
         assert len(sealed) == len(data) + OVERHEAD
         assert crypto.open(sealed, b"aad", "blob") == data
         assert crypto.open(memoryview(sealed), b"aad", "blob") == data
-        assert data == b"" or data not in sealed
+        assert len(data) < 16 or data not in sealed  # shorter ones may occur by chance
     # a fresh nonce each time: equal plaintexts do not give equal ciphertexts
     assert crypto.seal(b"same", b"a") != crypto.seal(b"same", b"a")
 
