@@ -412,9 +412,11 @@ class Archiver:
                         content, st = child.future.result()
                     except FileChanged:
                         self._error(child.path, "changed while being read; left out")
+                        self._count("files", -1)
                         continue
                     except OSError as exc:
                         self._error(child.path, exc)
+                        self._count("files", -1)
                         continue
                     if node["type"] == "file":
                         self.jobs -= 1

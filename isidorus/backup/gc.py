@@ -170,6 +170,13 @@ def mark(repo: Repository, own_sessions: set[str]) -> dict[str, Any]:
     repo.refresh_index()
     files = repo.cache.known_files()
     snapshots = repo.snapshot_names()
+    repo.list_snapshots()
+    if repo.damaged_snapshots:
+        raise IntegrityError(
+            f"gc stopped before deleting anything: snapshot {repo.damaged_snapshots[0][:8]} is "
+            "damaged, and what it needs cannot be known; repair it from another copy, or drop "
+            "it with `isidorus backup forget`"
+        )
     m = _Marker(repo, "referenced")
     for name in snapshots:
         m.mark_snapshot(name)
@@ -316,6 +323,8 @@ def finish(repo: Repository, state: dict[str, Any]) -> None:
         repo.backend.remove("data", name)
     repo.backend.remove("gc", f"condemned-{state['epoch']}")
     repo.backend.remove("gc", STATE)
+    # temporary files of writes whose process died (named after their session)
+    repo.backend.clean_tmp({s.name for s in locks.list_sessions(repo.backend)})
     repo.refresh_index()
     repo.cache.set_condemned("", [])
 

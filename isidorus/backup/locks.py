@@ -20,7 +20,7 @@ import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from isidorus.backup.errors import LockedError
+from isidorus.backup.errors import BackendError, LockedError
 from isidorus.backup.remote.base import Backend
 
 EXCLUSIVE = "exclusive"
@@ -118,18 +118,30 @@ def remove_stale(backend: Backend) -> list[Session]:
 
 
 @contextlib.contextmanager
-def session(backend: Backend, purpose: str, *, exclusive: bool = False) -> Iterator[Session]:
+def session(
+    backend: Backend, purpose: str, *, exclusive: bool = False, read_only: bool = False
+) -> Iterator[Session]:
     """Register this process as a user of the store; with `exclusive`, also take the
-    maintenance lock or raise LockedError naming who holds it."""
+    maintenance lock or raise LockedError naming who holds it. A `read_only` user of a
+    store it cannot write (a read-only mount, another user's store) goes on unregistered:
+    nobody can delete anything there under it."""
     me = _me(secrets.token_hex(16), purpose)
     if exclusive:
         _take_exclusive(backend, purpose)
+    registered = False
     try:
-        backend.write("locks", me.name, me.to_json(), exclusive=True)
+        try:
+            backend.write("locks", me.name, me.to_json(), exclusive=True)
+            registered = True
+        except BackendError as exc:
+            if not (read_only and exc.permanent):
+                raise
+        backend.tmp_tag = me.name
         try:
             yield me
         finally:
-            backend.remove("locks", me.name)
+            if registered:
+                backend.remove("locks", me.name)
     finally:
         if exclusive:
             backend.remove("locks", EXCLUSIVE)

@@ -84,6 +84,7 @@ class Repository:
         self.image_chunk_size: int = config["image_chunk_size"]
         self.pack_size: int = config["pack_size"]
         self.session = ""  # the name of this process's session in locks/, once registered
+        self.damaged_snapshots: list[str] = []  # found by the last list_snapshots()
 
     # -- making and opening
     @classmethod
@@ -207,13 +208,17 @@ class Repository:
         return [n for n, _ in self.backend.list("snapshots")]
 
     def list_snapshots(self) -> list[Snapshot]:
-        """Every snapshot, oldest first."""
+        """Every readable snapshot, oldest first. Damaged ones are left out and named in
+        `damaged_snapshots` (verify reports them; `forget` removes them)."""
         snaps = []
+        self.damaged_snapshots = []
         for name in self.snapshot_names():
             try:
                 snaps.append(self.load_snapshot(name))
             except FileNotFoundError:
                 continue  # pruned while we listed
+            except IntegrityError:
+                self.damaged_snapshots.append(name)
         snaps.sort(key=lambda s: (s.time, s.id))
         return snaps
 
@@ -238,20 +243,45 @@ class Repository:
 
 
 def unlock(backend: Backend, passphrase: bytes) -> MasterKey:
-    keyfiles = [n for n, _ in backend.list("keys")]
+    """The master key from the first key file the passphrase opens. Key files are named by
+    their hash, so a damaged one is told apart from a wrong passphrase."""
+    keyfiles = sorted(n for n, _ in backend.list("keys"))
     if not keyfiles:
-        raise IntegrityError(f"{backend.location} has no key file: the store is damaged")
-    wrong = False
-    for name in sorted(keyfiles):
-        try:
-            return unwrap_key(backend.read("keys", name), passphrase)
-        except KeyError_:
-            wrong = True
-    if wrong:
-        raise KeyError_(
-            "wrong passphrase for this store: check ISIDORUS_PASSPHRASE or the passphrase file"
+        raise IntegrityError(
+            f"{backend.location} has no key file: the store is damaged; "
+            "restore keys/ from `isidorus backup key export`"
         )
-    raise IntegrityError("no key file of this store could be read")
+    damaged = []
+    for name in keyfiles:
+        data = backend.read("keys", name)
+        if objects.object_name(data) != name:
+            damaged.append(name)
+            continue
+        try:
+            return unwrap_key(data, passphrase)
+        except KeyError_:
+            continue
+        except IntegrityError:
+            damaged.append(name)
+    if damaged and len(damaged) == len(keyfiles):
+        raise IntegrityError(
+            f"the key file keys/{damaged[0][:16]}… of {backend.location} is "
+            "damaged: put back a copy saved with `isidorus backup key export`"
+        )
+    raise KeyError_(
+        "wrong passphrase for this store: check ISIDORUS_PASSPHRASE or the passphrase file"
+    )
+
+
+def key_params(backend: Backend) -> KdfParams:
+    """The key-derivation cost of the store's first key file (kept on passphrase change)."""
+    for name in sorted(n for n, _ in backend.list("keys")):
+        try:
+            k = json.loads(backend.read("keys", name))["kdf"]
+            return KdfParams(int(k["time_cost"]), int(k["memory_kib"]), int(k["parallelism"]))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return KdfParams()
 
 
 def add_key(backend: Backend, master: MasterKey, passphrase: bytes, kdf: KdfParams) -> str:

@@ -35,8 +35,12 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         sys.stderr.write("isidorus: aborted\n")
         code = 130
+    except click.UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx else "isidorus"
+        sys.stderr.write(f"isidorus: error: {exc.format_message()} (see `{where} --help`)\n")
+        code = exc.exit_code
     except click.ClickException as exc:
-        exc.show()
+        sys.stderr.write(f"isidorus: error: {exc.format_message()}\n")
         code = exc.exit_code
     except IsidorusError as exc:
         sys.stderr.write(f"isidorus: error: {exc}\n")

@@ -20,7 +20,13 @@ from isidorus.backup.prune import KeepPolicy
 from isidorus.backup.restorer import RestoreOptions
 from isidorus.backup.types import iso_time, parse_time
 from isidorus.backup.verify import VerifyOptions
-from isidorus.cli.output import TerminalProgress, human_bytes, passphrase_source, print_json
+from isidorus.cli.output import (
+    TerminalProgress,
+    human_bytes,
+    passphrase_source,
+    print_json,
+    warn,
+)
 from isidorus.errors import UsageError
 from isidorus.ops import backups as ops
 
@@ -200,7 +206,12 @@ def _print_backup(r: BackupResult, as_json: bool) -> None:
 @json_option
 def list_(ref: ops.StoreRef, tags: tuple[str, ...], as_json: bool) -> None:
     """List the snapshots, oldest first."""
-    snaps = ops.list_snapshots(ref, tags)
+    snaps, damaged = ops.list_snapshots(ref, tags)
+    for name in damaged:
+        warn(
+            f"snapshot {name[:8]} is damaged and cannot be read: see `isidorus backup "
+            "verify`; `isidorus backup forget` removes it"
+        )
     if as_json:
         print_json([s.to_json() for s in snaps])
         return

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from isidorus.backup import browse, crypto, locks
+from isidorus.backup import browse, crypto, locks, objects
 from isidorus.backup.archiver import (
     BackupOptions,
     BackupResult,
@@ -20,13 +20,13 @@ from isidorus.backup.archiver import (
     create_snapshot,
     create_stream_snapshot,
 )
-from isidorus.backup.errors import StoreError
+from isidorus.backup.errors import IntegrityError, SnapshotNotFound, StoreError
 from isidorus.backup.gc import GcOptions, GcResult, collect_garbage
 from isidorus.backup.progress import Progress
 from isidorus.backup.prune import KeepPolicy, PrunePlan, plan_prune
 from isidorus.backup.remote.base import Backend
 from isidorus.backup.remote.local import LocalBackend
-from isidorus.backup.repository import Passphrase, Repository, add_key, unlock
+from isidorus.backup.repository import Passphrase, Repository, add_key, key_params, read_config
 from isidorus.backup.restorer import RestoreOptions, RestoreResult, restore_snapshot
 from isidorus.backup.types import Snapshot
 from isidorus.backup.verify import VerifyOptions, VerifyReport, verify_store
@@ -49,17 +49,34 @@ def backend_for(location: str) -> Backend:
     return LocalBackend(location)
 
 
+READ_ONLY = frozenset({"list", "ls", "cat", "diff", "restore", "verify"})
+
+
+def open_backend(ref: StoreRef) -> Backend:
+    """The store's backend, once it is known to hold a store (else one clear error)."""
+    backend = backend_for(ref.location)
+    if isinstance(backend, LocalBackend):
+        if not os.path.lexists(backend.root):
+            raise StoreError(
+                f"{ref.location} does not exist: check the path, or create a store "
+                "with `isidorus backup init`"
+            )
+        if not os.path.isdir(backend.root):
+            raise StoreError(
+                f"{ref.location} is not a directory, so not a store: give the store's directory"
+            )
+    read_config(backend)
+    return backend
+
+
 @contextlib.contextmanager
 def opened(ref: StoreRef, purpose: str, *, exclusive: bool = False) -> Iterator[Repository]:
-    backend = backend_for(ref.location)
-    if isinstance(backend, LocalBackend) and not os.path.isdir(backend.root):
-        raise StoreError(
-            f"{ref.location} does not exist: check the path, or create a store "
-            "with `isidorus backup init`"
-        )
+    backend = open_backend(ref)
     repo = Repository.open(backend, ref.passphrase, ref.cache_dir)
     try:
-        with locks.session(backend, purpose, exclusive=exclusive) as me:
+        with locks.session(
+            backend, purpose, exclusive=exclusive, read_only=purpose in READ_ONLY
+        ) as me:
             repo.session = me.name
             yield repo
     finally:
@@ -95,10 +112,30 @@ def create_stream_backup(
         return create_stream_snapshot(repo, name, stream, options, progress)
 
 
-def list_snapshots(ref: StoreRef, tags: tuple[str, ...] = ()) -> list[Snapshot]:
+def list_snapshots(ref: StoreRef, tags: tuple[str, ...] = ()) -> tuple[list[Snapshot], list[str]]:
+    """The snapshots with all `tags`, oldest first, and the ids of damaged ones."""
     with opened(ref, "list") as repo:
         snaps = repo.list_snapshots()
-    return [s for s in snaps if all(t in s.tags for t in tags)]
+        damaged = list(repo.damaged_snapshots)
+    return [s for s in snaps if all(t in s.tags for t in tags)], damaged
+
+
+def forget(ref: StoreRef, refs: tuple[str, ...]) -> list[str]:
+    """Remove snapshots by id or unique prefix, even damaged ones (whose content cannot be
+    read); their data is freed by the next gc. Returns the ids removed."""
+    with opened(ref, "forget", exclusive=True) as repo:
+        names = repo.snapshot_names()
+        chosen = []
+        for r in refs:
+            matches = [n for n in names if n.startswith(r.lower())] if r else []
+            if len(matches) != 1:
+                raise SnapshotNotFound(
+                    f"{r!r} matches {len(matches)} snapshots: give a unique id prefix"
+                )
+            chosen.append(matches[0])
+        for name in chosen:
+            repo.backend.remove("snapshots", name)
+        return chosen
 
 
 def list_files(
@@ -149,51 +186,51 @@ def gc(ref: StoreRef, options: GcOptions, progress: Progress) -> GcResult:
 
 
 def change_passphrase(ref: StoreRef, new: Passphrase, kdf: crypto.KdfParams | None = None) -> None:
-    """Wrap the master key with a new passphrase, then remove the old key files. The new
-    key file is durable before any old one goes, so a crash leaves one that opens."""
-    backend = backend_for(ref.location)
-    repo = Repository.open(backend, ref.passphrase, ref.cache_dir)
-    try:
+    """Wrap the master key with a new passphrase (at the same key-derivation cost unless
+    `kdf` says otherwise), then remove the old key files. The new key file is durable
+    before any old one goes, so a crash leaves one that opens."""
+    with opened(ref, "key") as repo:
         if not repo.crypto.encrypted:
             raise UsageError("this store is not encrypted: it has no passphrase to change")
+        backend = repo.backend
         old = [n for n, _ in backend.list("keys")]
-        assert ref.passphrase is not None
-        unlocked = unlock(backend, ref.passphrase())
-        name = add_key(backend, unlocked, new(), kdf or crypto.KdfParams())
+        cost = kdf or key_params(backend)
+        name = add_key(backend, repo.crypto.key, new(), cost)
         for n in old:
             if n != name:
                 backend.remove("keys", n)
-    finally:
-        repo.close()
 
 
 def export_key(ref: StoreRef, dest: str) -> None:
     """Copy the store's key file (still protected by the passphrase) to `dest`, so that a
     damaged `keys/` folder does not lose the store."""
-    backend = backend_for(ref.location)
-    repo = Repository.open(backend, ref.passphrase, ref.cache_dir)
-    try:
+    if os.path.lexists(dest):
+        raise UsageError(f"{dest} exists: choose a new file name for the key")
+    with opened(ref, "key") as repo:
         if not repo.crypto.encrypted:
             raise UsageError("this store is not encrypted: it has no key to export")
-        names = sorted(n for n, _ in backend.list("keys"))
-        data = backend.read("keys", names[0])
-    finally:
-        repo.close()
-    if os.path.exists(dest):
-        raise UsageError(f"{dest} exists: choose a new file name for the key")
+        for name in sorted(n for n, _ in repo.backend.list("keys")):
+            data = repo.backend.read("keys", name)
+            if objects.object_name(data) == name:  # an intact one
+                break
+        else:
+            raise IntegrityError("every key file of this store is damaged")
     tmp = dest + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, dest)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, dest)
+    except OSError as exc:
+        raise UsageError(f"cannot write {dest}: {exc.strerror}") from None
 
 
 def unlock_store(ref: StoreRef, remove_all: bool = False) -> list[locks.Session]:
     """Remove sessions whose process is gone (or, with remove_all, every session)."""
-    backend = backend_for(ref.location)
+    backend = open_backend(ref)
     if remove_all:
         gone = locks.list_sessions(backend)
         for s in gone:

@@ -262,12 +262,12 @@ def test_local_refuses_bad_addresses(local, kind, name):
 def test_local_clean_tmp_and_list_skip_leftovers(local):
     data = b"kept"
     local.write("index", conformance.content_name(data), data)
-    for leftover in ("tmp/abc-123.tmp", "index/.partial"):
+    for leftover in ("tmp/dead-123.tmp", "tmp/alive-456.tmp", "index/.partial"):
         with open(os.path.join(local.root, leftover), "wb"):
             pass
     assert dict(local.list("index")) == {conformance.content_name(data): 4}
-    local.clean_tmp()
-    assert _tmp_files(local) == []
+    local.clean_tmp({"alive"})
+    assert _tmp_files(local) == ["alive-456.tmp"]  # a live session's write is left alone
     assert local.read("index", conformance.content_name(data)) == data
 
 

@@ -41,6 +41,7 @@ class Backend(Protocol):
     """A place that stores a datastore's objects."""
 
     location: str
+    tmp_tag: str  # the session writing: its writes in progress carry this name
 
     def exists(self, kind: str, name: str) -> bool: ...
 
@@ -63,7 +64,12 @@ class Backend(Protocol):
         ...
 
     def create(self) -> None:
-        """Make the empty layout; raises FileExistsError when a store is already there."""
+        """Make the empty layout; raises FileExistsError when a store is already there
+        (a store is there once its config is)."""
+        ...
+
+    def clean_tmp(self, alive: set[str]) -> None:
+        """Remove writes in progress left by sessions not in `alive` (they died)."""
         ...
 
     def close(self) -> None: ...

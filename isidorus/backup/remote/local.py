@@ -49,7 +49,9 @@ def fsync_dir(path: str) -> None:
 class LocalUpload:
     def __init__(self, backend: LocalBackend) -> None:
         self.backend = backend
-        self.tmp = os.path.join(backend.root, "tmp", f"upload-{secrets.token_hex(8)}.tmp")
+        self.tmp = os.path.join(
+            backend.root, "tmp", f"{backend.tmp_tag}-{secrets.token_hex(8)}.tmp"
+        )
         try:
             self.fd: int | None = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except OSError as exc:
@@ -98,6 +100,7 @@ class LocalBackend:
     def __init__(self, path: str) -> None:
         self.root = os.path.abspath(path)
         self.location = self.root
+        self.tmp_tag = "nosession"
         self._tls = threading.local()
         self._caches: list[collections.OrderedDict[tuple[str, str], int]] = []
         self._fd_lock = threading.Lock()
@@ -200,7 +203,7 @@ class LocalBackend:
         self, kind: str, name: str, data: bytes | bytearray | memoryview, *, exclusive: bool = False
     ) -> None:
         final = self._path(kind, name)
-        tmp = os.path.join(self.root, "tmp", f"{name[:16]}-{secrets.token_hex(8)}.tmp")
+        tmp = os.path.join(self.root, "tmp", f"{self.tmp_tag}-{secrets.token_hex(8)}.tmp")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
@@ -273,10 +276,10 @@ class LocalBackend:
                         os.close(fd)
                 cache.clear()
 
-    def clean_tmp(self) -> None:
-        """Remove leftovers of writes that a crash interrupted (safe: nothing points to them)."""
+    def clean_tmp(self, alive: set[str]) -> None:
         tmpdir = os.path.join(self.root, "tmp")
         with contextlib.suppress(FileNotFoundError):
             for e in os.scandir(tmpdir):
-                with contextlib.suppress(OSError):
-                    os.unlink(e.path)
+                if e.name.split("-", 1)[0] not in alive:
+                    with contextlib.suppress(OSError):
+                        os.unlink(e.path)

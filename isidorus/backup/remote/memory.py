@@ -26,6 +26,7 @@ class MemoryUpload:
 class MemoryBackend:
     def __init__(self, location: str = "memory:") -> None:
         self.location = location
+        self.tmp_tag = "nosession"
         self.objects: dict[tuple[str, str], bytes] = {}
         self.created = False
         self._lock = threading.Lock()
@@ -77,6 +78,9 @@ class MemoryBackend:
         with self._lock:
             items = [(n, len(d)) for (k, n), d in self.objects.items() if k == kind]
         yield from items
+
+    def clean_tmp(self, alive: set[str]) -> None:
+        pass  # nothing is ever half-written here
 
     def close(self) -> None:
         pass
