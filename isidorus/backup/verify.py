@@ -139,8 +139,7 @@ class Verifier:
                 except IntegrityError as exc:
                     self.report.errors.append(str(exc))
 
-    def check_packs(self) -> None:
-        stored = dict(self.repo.backend.list("data"))
+    def check_packs(self, stored: dict[str, int]) -> None:
         indexed: set[str] = set()
         threads = self.opts.threads or 2
         rng = random.Random()
@@ -225,10 +224,11 @@ def verify_store(
     """Check the store; never raises for damage it finds, reports it instead."""
     v = Verifier(repo, options, progress or NullProgress())
     names = [repo.find_snapshot(s).id for s in options.snapshots] or repo.snapshot_names()
-    v.progress.start("verify", len(set(p for p, _ in repo.backend.list("data"))), None)
+    stored = dict(repo.backend.list("data"))
+    v.progress.start("verify", len(stored), sum(stored.values()) if options.read_data else None)
     try:
         v.check_metadata_objects()
-        v.check_packs()
+        v.check_packs(stored)
         v.check_snapshots(sorted(names))
     finally:
         v.progress.finish()
