@@ -23,6 +23,11 @@ class Setting:
     name: str
     default: Any
     help: str
+    env: str = ""  # the environment variable, when not ISIDORUS_<NAME>
+
+    @property
+    def env_name(self) -> str:
+        return self.env or "ISIDORUS_" + self.name.upper()
 
 
 def _default_cache() -> str:
@@ -30,7 +35,22 @@ def _default_cache() -> str:
     return os.path.join(base, "isidorus")
 
 
+def _default_data_dir() -> str:
+    if os.geteuid() == 0:
+        return "/var/lib/isidorus"
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "share"
+    )
+    return os.path.join(base, "isidorus")
+
+
 SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "data_dir",
+        _default_data_dir(),
+        "Where the host's configuration and state database live.",
+        env="ISIDORUS_HOME",
+    ),
     Setting(
         "cache_dir",
         _default_cache(),
@@ -60,7 +80,7 @@ def load(
             if k in values:
                 values[k] = v
     for s in SETTINGS:
-        raw = env.get("ISIDORUS_" + s.name.upper())
+        raw = env.get(s.env_name)
         if raw is not None:
             try:
                 values[s.name] = type(s.default)(raw)

@@ -12,6 +12,7 @@ from isidorus.settings import SETTINGS
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 GUIDE = (ROOT / "docs" / "backup.md").read_text()
+ACCOUNTS_GUIDE = (ROOT / "docs" / "accounts.md").read_text()
 
 
 def _commands(group: click.Group, prefix: str) -> list[tuple[str, click.Command]]:
@@ -38,8 +39,36 @@ def test_every_backup_command_has_help_and_docs(name, cmd):
                 assert opt in GUIDE, f"docs/backup.md does not mention {name} {opt}"
 
 
+SERVER_GUIDE = (ROOT / "docs" / "server.md").read_text()
+
+
+def test_serve_is_documented():
+    cmd = cli.commands["serve"]
+    assert cmd.help and "isidorus serve" in SERVER_GUIDE
+    for param in cmd.params:
+        assert max(param.opts, key=len) in SERVER_GUIDE
+
+
+ACCOUNTS = [("isidorus init", cli.commands["init"])] + [
+    c
+    for g in ("user", "group")
+    for c in _commands(cli.commands[g], f"isidorus {g}")  # type: ignore[arg-type]
+]
+
+
+@pytest.mark.parametrize(("name", "cmd"), ACCOUNTS, ids=[n for n, _ in ACCOUNTS])
+def test_every_account_command_has_help_and_docs(name, cmd):
+    assert cmd.help and cmd.help.strip(), f"{name} has no help text"
+    assert name in ACCOUNTS_GUIDE, f"docs/accounts.md does not show `{name}`"
+    for param in cmd.params:
+        if isinstance(param, click.Option):
+            opt = max(param.opts, key=len)
+            assert opt in ACCOUNTS_GUIDE, f"docs/accounts.md does not mention {name} {opt}"
+
+
 @pytest.mark.parametrize("setting", SETTINGS, ids=[s.name for s in SETTINGS])
 def test_every_setting_is_documented(setting):
     assert setting.help
-    assert f"`{setting.name}`" in GUIDE
-    assert f"ISIDORUS_{setting.name.upper()}" in GUIDE
+    docs = GUIDE + ACCOUNTS_GUIDE
+    assert f"`{setting.name}`" in docs or setting.env_name in docs
+    assert setting.env_name in docs

@@ -170,7 +170,9 @@ class Archiver:
     def _buffer(self) -> memoryview:
         buf: memoryview | None = getattr(self.local, "buf", None)
         if buf is None:
-            buf = self.local.buf = memoryview(bytearray(_BUFFER))
+            # two maximal chunks at least: chunk_region needs max_size beyond a cut
+            size = max(_BUFFER, 2 * self.repo.chunker["max_size"])
+            buf = self.local.buf = memoryview(bytearray(size))
         return buf
 
     def _chunker(self) -> FastCDC:

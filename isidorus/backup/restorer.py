@@ -108,6 +108,7 @@ class Restorer:
         self.lock = threading.Lock()
         self.dirs: list[tuple[bytes, Node]] = []
         self.links: list[tuple[bytes, Node]] = []
+        self.tmpfile_ok = hasattr(os, "O_TMPFILE") and os.path.isdir("/proc/self/fd")
         self.cond = threading.Condition()
         self.outstanding = 0  # directory jobs queued or running
         self.failure: BaseException | None = None  # the first fatal error of a job
@@ -193,30 +194,68 @@ class Restorer:
             except FileExistsError:
                 continue
 
-    def restore_file(self, path: bytes, node: Node) -> None:
-        # whole or absent: written under a temporary name, renamed once complete
-        tmp = b""
+    def _write_unnamed(self, path: bytes, node: Node) -> int | None:
+        """Write the file as an unnamed inode (O_TMPFILE) and link it in once complete:
+        whole-or-absent for one directory operation instead of two (create + rename).
+        None where the file system cannot, or the name is taken (--overwrite)."""
+        if not self.tmpfile_ok:
+            return None
         try:
-            tmp, fd = self._temp_name(path)
+            fd = os.open(os.path.dirname(path), os.O_TMPFILE | os.O_WRONLY, 0o600)
+        except OSError as exc:
+            if exc.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                self.tmpfile_ok = False
+                return None
+            raise
+        try:
+            n = self.write_content(fd, node)
+            self.apply_meta(path, {**node, "type": "file"}, fd=fd)
+            # a dir fd makes CPython call linkat(AT_SYMLINK_FOLLOW) rather than link(),
+            # which would try to link the /proc symlink itself; the path is absolute, so
+            # which fd is given does not matter
+            proc = f"/proc/self/fd/{fd}"
+            try:
+                os.link(proc, path, src_dir_fd=fd, follow_symlinks=True)
+            except FileExistsError:
+                if not self.opts.overwrite:
+                    raise
+                tmp = os.path.join(os.path.dirname(path), b".isidorus-%x" % next(_TEMP_NAMES))
+                os.link(proc, tmp, src_dir_fd=fd, follow_symlinks=True)
+                os.rename(tmp, path)
+            return n
+        finally:
+            os.close(fd)
+
+    def _write_named(self, path: bytes, node: Node) -> int:
+        """The portable way: a temporary name, renamed once complete."""
+        tmp, fd = self._temp_name(path)
+        try:
             try:
                 n = self.write_content(fd, node)
                 self.apply_meta(tmp, {**node, "type": "file"}, fd=fd)
             finally:
                 os.close(fd)
             os.rename(tmp, path)
-        except BaseException as exc:
-            if tmp:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-            if isinstance(exc, OSError) and exc.errno in _FATAL:
+            return n
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    def restore_file(self, path: bytes, node: Node) -> None:
+        # whole or absent: a file appears under its name only once complete
+        try:
+            n = self._write_unnamed(path, node)
+            if n is None:
+                n = self._write_named(path, node)
+        except OSError as exc:
+            if exc.errno in _FATAL:
                 raise BackupError(
                     f"cannot write {os.fsdecode(path)}: {exc.strerror}; free "
                     "space (or choose another target), then restore again"
                 ) from None
-            if isinstance(exc, OSError):
-                self._error(path, exc.strerror or str(exc))
-                return
-            raise
+            self._error(path, exc.strerror or str(exc))
+            return
         with self.lock:
             self.result.files += 1
             self.result.bytes_written += n

@@ -13,7 +13,9 @@ import traceback
 import click
 
 from isidorus import __version__
+from isidorus.cli.accounts import group, init, user
 from isidorus.cli.backup import backup
+from isidorus.cli.server import serve
 from isidorus.errors import IsidorusError
 
 
@@ -23,6 +25,10 @@ def cli() -> None:
     """isidorus: host libre services for your people on one server, and keep them safe."""
 
 
+cli.add_command(init)
+cli.add_command(user)
+cli.add_command(group)
+cli.add_command(serve)
 cli.add_command(backup)
 
 

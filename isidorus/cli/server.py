@@ -1,0 +1,54 @@
+"""`isidorus serve`: the web server (public page, portal, single sign-on for nginx)."""
+
+from __future__ import annotations
+
+import click
+
+from isidorus.cli.accounts import _data_dir
+from isidorus.errors import UsageError
+from isidorus.ops import accounts as ops
+
+
+def _listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"--listen {value!r} is not HOST:PORT, e.g. 127.0.0.1:8080")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+@click.command()
+@click.option(
+    "--data-dir",
+    metavar="DIR",
+    help="The host's data directory (default: ISIDORUS_HOME, else /var/lib/isidorus as root).",
+)
+@click.option(
+    "--listen",
+    default="127.0.0.1:8080",
+    show_default=True,
+    metavar="HOST:PORT",
+    help="Where to listen (nginx proxies to it).",
+)
+def serve(data_dir: str | None, listen: str) -> None:
+    """Run the web server; a host not yet initialised is set up first."""
+    import uvicorn  # only this command needs the server
+
+    from isidorus.web.app import create_app
+
+    addr, port = _listen(listen)
+    d = _data_dir(data_dir)
+    r = ops.init_host(d, domain="localhost", admin="admin", email="admin@localhost")
+    if r.created and r.password:
+        click.echo(
+            f"initialised {d}\nadmin: {r.admin}\npassword: {r.password} "
+            "(shown once: change it in the portal)"
+        )
+    click.echo(f"isidorus listens on http://{addr}:{port}/ (Ctrl-C stops it)")
+    uvicorn.run(
+        create_app(d),
+        host=addr,
+        port=port,
+        log_level="warning",
+        proxy_headers=True,
+        server_header=False,
+    )

@@ -1,0 +1,57 @@
+"""Schema migrations: named functions, applied in order, each in one transaction with the
+record that it ran (sqlite-utils' way). Never edit one that was released: add a new one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from sqlalchemy import Connection, inspect, select
+
+from isidorus.state import schema
+from isidorus.state.db import Database
+
+Migration = Callable[[Connection], None]
+
+
+def m0001_accounts(conn: Connection) -> None:
+    """Users, groups, memberships and the audit log."""
+    for table in (schema.users, schema.groups, schema.memberships, schema.audit_log):
+        table.create(conn)
+
+
+def m0002_sessions(conn: Connection) -> None:
+    """Logins: one row per browser session, found by the hash of its cookie."""
+    schema.sessions.create(conn)
+
+
+MIGRATIONS: tuple[tuple[str, Migration], ...] = (
+    ("0001_accounts", m0001_accounts),
+    ("0002_sessions", m0002_sessions),
+)
+
+
+def applied(db: Database) -> list[str]:
+    with db.write() as conn:
+        if not inspect(conn).has_table("migrations"):
+            return []
+        return [r[0] for r in conn.execute(select(schema.migrations.c.name))]
+
+
+def migrate(db: Database) -> list[str]:
+    """Apply the migrations not yet applied; returns their names. Safe to run at every
+    start, and from two processes at once (the second finds nothing left to do)."""
+    with db.write() as conn:
+        schema.migrations.create(conn, checkfirst=True)
+    done = []
+    for name, fn in MIGRATIONS:
+        with db.write() as conn:
+            if conn.execute(
+                select(schema.migrations.c.name).where(schema.migrations.c.name == name)
+            ).first():
+                continue
+            fn(conn)
+            conn.execute(schema.migrations.insert().values(name=name, applied_at=datetime.now(UTC)))
+        done.append(name)
+    return done
