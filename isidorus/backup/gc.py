@@ -168,6 +168,12 @@ def _wait(
 
 def mark(repo: Repository, own_sessions: set[str]) -> dict[str, Any]:
     repo.refresh_index()
+    if repo.damaged_index:
+        # its packs would look unindexed, and unindexed packs are deleted
+        raise IntegrityError(
+            f"gc stopped before deleting anything: index object {repo.damaged_index[0][:16]} "
+            "is damaged; run `isidorus backup repair-index` first"
+        )
     files = repo.cache.known_files()
     snapshots = repo.snapshot_names()
     repo.list_snapshots()

@@ -137,8 +137,9 @@ class IndexCache:
         self._end_read()
         return {name: num for num, name in self.db.execute("SELECT num, name FROM index_files")}
 
-    def sync(self, names: set[str], load: Callable[[str], PackEntries]) -> None:
-        """Make the cache hold exactly the index objects `names`; `load` reads one."""
+    def sync(self, names: set[str], load: Callable[[str], PackEntries | None]) -> None:
+        """Make the cache hold the index objects `names`; `load` reads one (None: it could
+        not be read, and is tried again next time)."""
         known = self.known_files()
         gone = [known[n] for n in known.keys() - names]
         if gone:
@@ -147,7 +148,9 @@ class IndexCache:
                     db.execute("DELETE FROM blobs WHERE file = ?", (num,))
                     db.execute("DELETE FROM index_files WHERE num = ?", (num,))
         for name in sorted(names - known.keys()):
-            self.add(name, load(name))
+            packs = load(name)
+            if packs is not None:
+                self.add(name, packs)
 
     def add(self, name: str, packs: PackEntries) -> None:
         with self.write() as db:

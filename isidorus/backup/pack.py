@@ -20,7 +20,7 @@ import msgpack
 
 from isidorus.backup.crypto import Crypto
 from isidorus.backup.errors import IntegrityError
-from isidorus.backup.remote.base import Upload
+from isidorus.backup.remote.base import Backend, Upload
 
 MAGIC = b"ISP1"
 TRAILER = struct.Struct("<I4s")
@@ -92,6 +92,24 @@ def read_header(crypto: Crypto, pack: bytes | memoryview, what: str) -> list[Blo
         raise IntegrityError(f"{what} has no valid pack trailer")
     start = len(pack) - TRAILER.size - hlen
     plain = crypto.open(memoryview(pack)[start : start + hlen], HEADER_AAD, f"{what} header")
+    try:
+        return [BlobEntry.from_row(r) for r in msgpack.unpackb(plain)]
+    except (ValueError, TypeError, AssertionError, msgpack.UnpackException) as exc:
+        raise IntegrityError(f"{what} header cannot be decoded ({exc})") from None
+
+
+def read_header_of(backend: Backend, crypto: Crypto, name: str, size: int) -> list[BlobEntry]:
+    """A pack's blob list, read from its end without reading the blobs."""
+    what = f"pack {name}"
+    if size < TRAILER.size:
+        raise IntegrityError(f"{what} is truncated")
+    hlen, magic = TRAILER.unpack(
+        backend.read_range("data", name, size - TRAILER.size, TRAILER.size)
+    )
+    if magic != MAGIC or hlen > size - TRAILER.size:
+        raise IntegrityError(f"{what} has no valid pack trailer")
+    header = backend.read_range("data", name, size - TRAILER.size - hlen, hlen)
+    plain = crypto.open(header, HEADER_AAD, f"{what} header")
     try:
         return [BlobEntry.from_row(r) for r in msgpack.unpackb(plain)]
     except (ValueError, TypeError, AssertionError, msgpack.UnpackException) as exc:

@@ -85,6 +85,7 @@ class Repository:
         self.pack_size: int = config["pack_size"]
         self.session = ""  # the name of this process's session in locks/, once registered
         self.damaged_snapshots: list[str] = []  # found by the last list_snapshots()
+        self.damaged_index: list[str] = []  # found by the last refresh_index()
 
     # -- making and opening
     @classmethod
@@ -157,12 +158,24 @@ class Repository:
         from isidorus.backup.pack import BlobEntry
 
         data = self.backend.read("index", name)
+        objects.check_name(name, data, f"index/{name}")
         doc = objects.decode(self.crypto, "index", data, f"index/{name}")
         return [(p.hex(), [BlobEntry.from_row(r) for r in rows]) for p, rows in doc["packs"]]
 
     def refresh_index(self) -> None:
+        """Follow the store's index objects. A damaged one is left out and named in
+        `damaged_index`: the blobs it alone lists look missing until `repair_index`."""
         names = {n for n, _ in self.backend.list("index")}
-        self.cache.sync(names, self.load_index_file)
+        self.damaged_index = []
+
+        def load(name: str) -> list[tuple[str, list[Any]]] | None:
+            try:
+                return self.load_index_file(name)
+            except IntegrityError:
+                self.damaged_index.append(name)
+                return None
+
+        self.cache.sync(names, load)
 
     # -- blobs
     def read_located(self, bid: bytes, loc: Location) -> bytes:

@@ -427,6 +427,24 @@ def prune(
     click.echo(f"{s['keep']} kept, {s['remove']} {'to remove' if dry_run else 'removed'}")
 
 
+@backup.command("repair-index")
+@store_options
+@json_option
+def repair_index(ref: ops.StoreRef, as_json: bool) -> int:
+    """Rebuild the index from the packs' own headers (after damage to index/)."""
+    r = ops.repair_index(ref, TerminalProgress())
+    if as_json:
+        print_json(r.to_json())
+    else:
+        for p in r.unreadable_packs:
+            click.echo(f"unreadable pack {p}")
+        click.echo(
+            f"index rebuilt: {r.packs_indexed} packs, {r.blobs_indexed} blobs in "
+            f"{r.index_written} index objects ({r.index_removed} old ones removed)"
+        )
+    return 1 if r.unreadable_packs else 0
+
+
 @backup.command()
 @store_options
 @click.option(

@@ -26,6 +26,8 @@ from isidorus.backup.progress import Progress
 from isidorus.backup.prune import KeepPolicy, PrunePlan, plan_prune
 from isidorus.backup.remote.base import Backend
 from isidorus.backup.remote.local import LocalBackend
+from isidorus.backup.repair import RepairResult
+from isidorus.backup.repair import repair_index as rebuild_index
 from isidorus.backup.repository import Passphrase, Repository, add_key, key_params, read_config
 from isidorus.backup.restorer import RestoreOptions, RestoreResult, restore_snapshot
 from isidorus.backup.types import Snapshot
@@ -178,6 +180,11 @@ def prune(
         if not dry_run:
             plan.execute(repo)
         return plan
+
+
+def repair_index(ref: StoreRef, progress: Progress) -> RepairResult:
+    with opened(ref, "repair", exclusive=True) as repo:
+        return rebuild_index(repo, progress)
 
 
 def gc(ref: StoreRef, options: GcOptions, progress: Progress) -> GcResult:
