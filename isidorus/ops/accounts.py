@@ -210,3 +210,11 @@ def change_own_password(db: Database, name: str, current: str, new: str) -> tupl
         sessions.end_user_sessions(conn, name)
         audit(conn, name, "user.passwd", name, "self")
         return sessions.start_session(conn, name)
+
+
+def update_own_profile(db: Database, name: str, *, fullname: str, email: str) -> User:
+    """A member changes their full name and e-mail."""
+    with db.write() as conn:
+        user = users_.update_profile(conn, name, email=email.strip(), fullname=fullname.strip())
+        audit(conn, name, "user.profile", name)
+        return user

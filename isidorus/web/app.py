@@ -16,7 +16,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from isidorus.accounts.errors import LoginFailed
+from isidorus.accounts.errors import InvalidInput, LoginFailed
 from isidorus.accounts.sessions import Session
 from isidorus.errors import IsidorusError
 from isidorus.ops import accounts as ops
@@ -206,6 +206,22 @@ class Web:
         self.set_cookie(response, token)
         return response
 
+    async def profile(self, request: Request) -> Response:
+        session = self.session(request)
+        if session is None:
+            return RedirectResponse("/login?next=/portal", status_code=303)
+        form = await self.form(request, session)
+        try:
+            ops.update_own_profile(
+                self.db,
+                session.user.name,
+                fullname=form.get("fullname", ""),
+                email=form.get("email", ""),
+            )
+        except InvalidInput as exc:
+            return self.page(request, "portal.html", status=400, session=session, error=str(exc))
+        return RedirectResponse("/portal?saved=1", status_code=303)
+
     async def auth_check(self, request: Request) -> Response:
         """nginx auth_request: 200 for a permitted user (named in X-Isidorus-User), 401 when
         not logged in, 403 when logged in but not in a group the service allows (nginx
@@ -252,6 +268,7 @@ def create_app(data_dir: str) -> Starlette:
         Route("/logout", web.logout, methods=["POST"]),
         Route("/portal", web.portal),
         Route("/portal/password", web.password, methods=["POST"]),
+        Route("/portal/profile", web.profile, methods=["POST"]),
         Route("/auth/check", web.auth_check),
         Mount("/static", StaticFiles(directory=os.path.join(HERE, "static")), name="static"),
     ]

@@ -170,3 +170,26 @@ def test_logout_and_disable_end_the_session(host, client):
     db.close()
     assert client.get("/auth/check").status_code == 401
     assert login(client).status_code == 401
+
+
+def test_members_change_their_name_and_email(client):
+    login(client)
+    page = client.get("/portal")
+    csrf = csrf_of(page.text)
+    bad = client.post(
+        "/portal/profile", data={"csrf": csrf, "fullname": "Alice B.", "email": "not an address"}
+    )
+    assert bad.status_code == 400 and "not an e-mail address" in bad.text
+    assert (
+        client.post("/portal/profile", data={"fullname": "x", "email": "a@b.org"}).status_code
+        == 403
+    )  # no CSRF token
+    r = client.post(
+        "/portal/profile",
+        data={"csrf": csrf, "fullname": "Alice B.", "email": "alice@example.net"},
+        follow_redirects=False,
+    )
+    assert r.status_code == 303 and r.headers["location"] == "/portal?saved=1"
+    page = client.get("/portal?saved=1")
+    assert 'value="Alice B."' in page.text and 'value="alice@example.net"' in page.text
+    assert client.get("/auth/check").headers["x-isidorus-email"] == "alice@example.net"
