@@ -222,6 +222,38 @@ class Web:
             return self.page(request, "portal.html", status=400, session=session, error=str(exc))
         return RedirectResponse("/portal?saved=1", status_code=303)
 
+    def admin_session(self, request: Request) -> Session | Response:
+        """The session of an admin, or the answer for anyone else (login, or 403)."""
+        session = self.session(request)
+        if session is None:
+            return RedirectResponse("/login?next=/admin", status_code=303)
+        if not session.user.is_admin:
+            raise Forbidden("this page is for the host's admins")
+        return session
+
+    async def admin(self, request: Request) -> Response:
+        session = self.admin_session(request)
+        if isinstance(session, Response):
+            return session
+        return self.page(
+            request,
+            "admin.html",
+            session=session,
+            users=ops.list_users(self.db),
+            groups=ops.list_groups(self.db),
+        )
+
+    async def admin_user_state(self, request: Request) -> Response:
+        session = self.admin_session(request)
+        if isinstance(session, Response):
+            return session
+        form = await self.form(request, session)
+        name = request.path_params["name"]
+        if name == session.user.name:
+            raise Forbidden("you cannot disable your own account")
+        ops.set_disabled(self.db, session.user.name, name, form.get("state") == "disabled")
+        return RedirectResponse("/admin", status_code=303)
+
     async def auth_check(self, request: Request) -> Response:
         """nginx auth_request: 200 for a permitted user (named in X-Isidorus-User), 401 when
         not logged in, 403 when logged in but not in a group the service allows (nginx
@@ -241,6 +273,10 @@ class Web:
 
 
 class CsrfError(IsidorusError):
+    http_status = 403
+
+
+class Forbidden(IsidorusError):
     http_status = 403
 
 
@@ -269,6 +305,8 @@ def create_app(data_dir: str) -> Starlette:
         Route("/portal", web.portal),
         Route("/portal/password", web.password, methods=["POST"]),
         Route("/portal/profile", web.profile, methods=["POST"]),
+        Route("/admin", web.admin),
+        Route("/admin/users/{name}/state", web.admin_user_state, methods=["POST"]),
         Route("/auth/check", web.auth_check),
         Mount("/static", StaticFiles(directory=os.path.join(HERE, "static")), name="static"),
     ]

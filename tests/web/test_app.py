@@ -193,3 +193,37 @@ def test_members_change_their_name_and_email(client):
     page = client.get("/portal?saved=1")
     assert 'value="Alice B."' in page.text and 'value="alice@example.net"' in page.text
     assert client.get("/auth/check").headers["x-isidorus-email"] == "alice@example.net"
+
+
+def test_admin_area_is_for_admins(client):
+    assert client.get("/admin", follow_redirects=False).status_code == 303
+    login(client)  # alice is a member, not an admin
+    assert client.get("/admin").status_code == 403
+    page = client.get("/portal")
+    r = client.post(
+        "/admin/users/bob/state", data={"csrf": csrf_of(page.text), "state": "disabled"}
+    )
+    assert r.status_code == 403
+
+
+def test_admin_disables_and_enables_a_user(host, client):
+    with TestClient(create_app(host), base_url="http://localhost") as bob:
+        login(bob, "bob", "his own long passphrase")
+        assert bob.get("/auth/check").status_code == 200
+        login(client, "admin", "the host keeper's passphrase")
+        page = client.get("/admin")
+        assert page.status_code == 200 and "bob@example.org" in page.text
+        assert "family" in page.text
+        csrf = csrf_of(page.text)
+        r = client.post(
+            "/admin/users/bob/state",
+            data={"csrf": csrf, "state": "disabled"},
+            follow_redirects=False,
+        )
+        assert r.status_code == 303
+        assert bob.get("/auth/check").status_code == 401  # bob's session ended
+        assert "Enable bob" in client.get("/admin").text
+        client.post("/admin/users/bob/state", data={"csrf": csrf, "state": "enabled"})
+        assert login(bob, "bob", "his own long passphrase").status_code == 303
+        own = client.post("/admin/users/admin/state", data={"csrf": csrf, "state": "disabled"})
+        assert own.status_code == 403
