@@ -262,9 +262,7 @@ class Archiver:
             content.append([None, size - pos])
         return content
 
-    def read_file(
-        self, path: bytes, walked: os.stat_result
-    ) -> tuple[list[list[Any]], os.stat_result]:
+    def read_file(self, path: bytes) -> tuple[list[list[Any]], os.stat_result]:
         for _attempt in range(_ATTEMPTS):
             try:
                 fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NOATIME)
@@ -326,7 +324,7 @@ class Archiver:
             node["content"] = parent["content"]
             self.progress.advance(items=1, nbytes=st.st_size)
         else:
-            job.future = self.pool.submit(self.read_file, path, st)
+            job.future = self.pool.submit(self.read_file, path)
             self.jobs += 1
         if st.st_nlink > 1:
             self.hardlinks[(st.st_dev, st.st_ino)] = (rel, job)

@@ -25,7 +25,7 @@ from isidorus.backup.errors import (
     StoreExistsError,
 )
 from isidorus.backup.index import IndexCache, Location
-from isidorus.backup.pack import COMPRESSED
+from isidorus.backup.pack import COMPRESSED, BlobEntry
 from isidorus.backup.remote.base import Backend
 from isidorus.backup.types import Snapshot
 
@@ -155,8 +155,6 @@ class Repository:
 
     # -- the index
     def load_index_file(self, name: str) -> list[tuple[str, list[Any]]]:
-        from isidorus.backup.pack import BlobEntry
-
         data = self.backend.read("index", name)
         objects.check_name(name, data, f"index/{name}")
         doc = objects.decode(self.crypto, "index", data, f"index/{name}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.applications import Starlette
@@ -39,7 +39,6 @@ class Host:
     hosted_at: str = ""
     backups_at: str = ""
     secure_cookies: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def load(cls, data_dir: str) -> Host:
@@ -51,7 +50,7 @@ class Host:
             for k in ("domain", "name", "contact", "hosted_at", "backups_at", "secure_cookies")
             if k in doc
         }
-        return cls(data_dir=data_dir, **known, extra=doc)
+        return cls(data_dir=data_dir, **known)
 
 
 class SecurityHeaders(BaseHTTPMiddleware):
