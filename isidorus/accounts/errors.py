@@ -33,3 +33,10 @@ class NoSuchAccount(AccountError, NotFoundError):
 
 class LoginFailed(AccountError):
     http_status = 401
+
+
+class Refused(AccountError):
+    """The change would leave the host in a state it must not be in (e.g. without an admin)."""
+
+    exit_code = 1
+    http_status = 409

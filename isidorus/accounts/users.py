@@ -151,6 +151,19 @@ def set_disabled(conn: Connection, name: str, disabled: bool) -> None:
     conn.execute(update(users).where(users.c.id == row.id).values(disabled=disabled))
 
 
+def set_admin(conn: Connection, name: str, is_admin: bool) -> None:
+    row = find_row(conn, name)
+    conn.execute(update(users).where(users.c.id == row.id).values(is_admin=is_admin))
+
+
+def enabled_admins(conn: Connection) -> list[str]:
+    """The admins who can log in: a host must always keep one."""
+    rows = conn.execute(
+        select(users.c.name).where(users.c.is_admin.is_(True), users.c.disabled.is_(False))
+    )
+    return [r.name for r in rows]
+
+
 def update_profile(
     conn: Connection, name: str, *, email: str | None = None, fullname: str | None = None
 ) -> User:

@@ -204,6 +204,42 @@ def user_enable(db: Database, name: str) -> None:
     click.echo(f"enabled {name}")
 
 
+@user.command("edit")
+@with_state
+@click.argument("name")
+@click.option("--email", help="The new e-mail address.")
+@click.option("--fullname", help="The new full name.")
+def user_edit(db: Database, name: str, email: str | None, fullname: str | None) -> None:
+    """Change the e-mail or full name of NAME."""
+    current = ops.get_user(db, name)
+    ops.update_profile(
+        db,
+        _actor(),
+        name,
+        email=current.email if email is None else email,
+        fullname=current.fullname if fullname is None else fullname,
+    )
+    click.echo(f"saved the profile of {name}")
+
+
+@user.command("promote")
+@with_state
+@click.argument("name")
+def user_promote(db: Database, name: str) -> None:
+    """Make NAME an admin of the host."""
+    ops.set_admin(db, _actor(), name, True)
+    click.echo(f"{name} is an admin")
+
+
+@user.command("demote")
+@with_state
+@click.argument("name")
+def user_demote(db: Database, name: str) -> None:
+    """Make NAME a member again (the last enabled admin cannot be)."""
+    ops.set_admin(db, _actor(), name, False)
+    click.echo(f"{name} is a member")
+
+
 @click.group()
 def group() -> None:
     """Groups: services are opened to groups."""

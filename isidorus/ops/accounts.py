@@ -17,7 +17,7 @@ from sqlalchemy import Connection
 from isidorus.accounts import groups as groups_
 from isidorus.accounts import sessions
 from isidorus.accounts import users as users_
-from isidorus.accounts.errors import AlreadyExists
+from isidorus.accounts.errors import AlreadyExists, Refused
 from isidorus.accounts.groups import Group
 from isidorus.accounts.users import User
 from isidorus.errors import UsageError
@@ -123,8 +123,15 @@ def list_users(db: Database) -> list[User]:
         return users_.list_users(conn)
 
 
+def _keep_an_admin(conn: Connection, name: str) -> None:
+    """Refuse a change that would leave no admin able to log in."""
+    if users_.enabled_admins(conn) == [name]:
+        raise Refused(f"{name} is the host's only enabled admin: make another admin first")
+
+
 def remove_user(db: Database, actor: str, name: str) -> None:
     with db.write() as conn:
+        _keep_an_admin(conn, name)
         sessions.end_user_sessions(conn, name)
         users_.delete_user(conn, name)
         audit(conn, actor, "user.remove", name)
@@ -140,10 +147,30 @@ def set_password(db: Database, actor: str, name: str, password: str) -> None:
 
 def set_disabled(db: Database, actor: str, name: str, disabled: bool) -> None:
     with db.write() as conn:
+        if disabled:
+            _keep_an_admin(conn, name)
         users_.set_disabled(conn, name, disabled)
         if disabled:
             sessions.end_user_sessions(conn, name)
         audit(conn, actor, "user.disable" if disabled else "user.enable", name)
+
+
+def set_admin(db: Database, actor: str, name: str, is_admin: bool) -> None:
+    """Make a user an admin, or a member again (sessions read the user at every request,
+    so the change holds at once)."""
+    with db.write() as conn:
+        if not is_admin:
+            _keep_an_admin(conn, name)
+        users_.set_admin(conn, name, is_admin)
+        audit(conn, actor, "user.admin" if is_admin else "user.member", name)
+
+
+def update_profile(db: Database, actor: str, name: str, *, fullname: str, email: str) -> User:
+    """Change a user's full name and e-mail (an admin, or the member themself)."""
+    with db.write() as conn:
+        user = users_.update_profile(conn, name, email=email.strip(), fullname=fullname.strip())
+        audit(conn, actor, "user.profile", name)
+        return user
 
 
 def add_group(db: Database, actor: str, name: str, description: str = "") -> Group:
@@ -171,6 +198,29 @@ def remove_member(db: Database, actor: str, group: str, user: str) -> Group:
         g = groups_.remove_member(conn, group, user)
         audit(conn, actor, "group.remove-member", group, user)
         return g
+
+
+def set_groups(db: Database, actor: str, user: str, groups: list[str]) -> User:
+    """Make `groups` exactly the groups of `user` (the admin's checkboxes)."""
+    with db.write() as conn:
+        current = set(users_.get_user(conn, user).groups)
+        for g in sorted(set(groups) - current):
+            groups_.add_member(conn, g, user)
+            audit(conn, actor, "group.add-member", g, user)
+        for g in sorted(current - set(groups)):
+            groups_.remove_member(conn, g, user)
+            audit(conn, actor, "group.remove-member", g, user)
+        return users_.get_user(conn, user)
+
+
+def get_user(db: Database, name: str) -> User:
+    with db.write() as conn:
+        return users_.get_user(conn, name)
+
+
+def get_group(db: Database, name: str) -> Group:
+    with db.write() as conn:
+        return groups_.get_group(conn, name)
 
 
 def list_groups(db: Database) -> list[Group]:
@@ -210,11 +260,3 @@ def change_own_password(db: Database, name: str, current: str, new: str) -> tupl
         sessions.end_user_sessions(conn, name)
         audit(conn, name, "user.passwd", name, "self")
         return sessions.start_session(conn, name)
-
-
-def update_own_profile(db: Database, name: str, *, fullname: str, email: str) -> User:
-    """A member changes their full name and e-mail."""
-    with db.write() as conn:
-        user = users_.update_profile(conn, name, email=email.strip(), fullname=fullname.strip())
-        audit(conn, name, "user.profile", name)
-        return user

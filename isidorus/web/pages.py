@@ -138,8 +138,9 @@ class Pages(Views):
             return session
         form = await self.form(request, session)
         try:
-            ops.update_own_profile(
+            ops.update_profile(
                 self.db,
+                session.user.name,
                 session.user.name,
                 fullname=form.get("fullname", ""),
                 email=form.get("email", ""),

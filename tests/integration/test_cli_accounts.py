@@ -68,6 +68,14 @@ def test_users_and_groups(run, home):
         home,
         input="another long passphrase\n",
     )
+    run("user", "edit", "alice", "--email", "alice@example.net", "--data-dir", home)
+    run("user", "promote", "alice", "--data-dir", home)
+    users = {
+        u["name"]: u for u in json.loads(run("user", "list", "--data-dir", home, "--json").out)
+    }
+    assert users["alice"]["email"] == "alice@example.net" and users["alice"]["fullname"] == "Alice"
+    assert users["alice"]["is_admin"]
+    run("user", "demote", "alice", "--data-dir", home)
     run("user", "remove", "bob", "--data-dir", home)
     names = [u["name"] for u in json.loads(run("user", "list", "--data-dir", home, "--json").out)]
     assert names == ["admin", "alice"]
@@ -87,6 +95,8 @@ def test_data_dir_from_isidorus_home(run, home):
         (("user", "remove", "nobody"), 1, "no user 'nobody'"),
         (("group", "add-member", "nogroup", "admin"), 1, "no group 'nogroup'"),
         (("user", "passwd", "admin", "--password-stdin"), 2, "no password"),
+        (("user", "demote", "admin"), 1, "only enabled admin"),
+        (("user", "edit", "admin", "--email", "nope"), 2, "e-mail"),
     ],
 )
 def test_bad_input(run, home, args, code, words):
