@@ -222,6 +222,15 @@ def user_edit(db: Database, name: str, email: str | None, fullname: str | None) 
     click.echo(f"saved the profile of {name}")
 
 
+@user.command("totp-off")
+@with_state
+@click.argument("name")
+def user_totp_off(db: Database, name: str) -> None:
+    """Turn off the second factor of NAME (who lost their phone)."""
+    ops.turn_off_totp(db, _actor(), name)
+    click.echo(f"second factor of {name} turned off")
+
+
 @user.command("promote")
 @with_state
 @click.argument("name")

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from sqlalchemy import Connection
 
 from isidorus.accounts import groups as groups_
-from isidorus.accounts import sessions
+from isidorus.accounts import sessions, totp
 from isidorus.accounts import users as users_
 from isidorus.accounts.errors import AlreadyExists, Refused
 from isidorus.accounts.groups import Group
@@ -231,14 +231,54 @@ def list_groups(db: Database) -> list[Group]:
 # -- logins (the web calls these)
 
 
-def login(db: Database, name: str, password: str) -> tuple[User, str, str]:
-    """Check a login; returns the user, the session cookie's token and the CSRF token.
-    Raises LoginFailed with one message whatever was wrong."""
+@dataclass(frozen=True)
+class Login:
+    """A login whose password was right: a session (`token`, `csrf`), or, for a user with
+    a second factor, a pending login (`token` of the pending login, `csrf` empty)."""
+
+    user: User
+    token: str
+    csrf: str
+    needs_code: bool = False
+
+
+def login(db: Database, name: str, password: str) -> Login:
+    """Check a login; raises LoginFailed with one message whatever was wrong."""
     with db.write() as conn:
         user = users_.authenticate(conn, name, password)
+        if user.has_totp:
+            return Login(user, totp.start_pending(conn, user), "", needs_code=True)
         token, csrf = sessions.start_session(conn, name)
         audit(conn, name, "login", name)
-        return user, token, csrf
+        return Login(user, token, csrf)
+
+
+def login_code(db: Database, name: str, pending: str, code: str) -> Login:
+    """The second step of a login: the code of the user's authenticator app."""
+    with db.write() as conn:
+        result = totp.finish_pending(conn, pending, name, code)
+        if isinstance(result, User):
+            token, csrf = sessions.start_session(conn, result.name)
+            audit(conn, result.name, "login", result.name, "totp")
+            return Login(result, token, csrf)
+    raise result  # after the commit: the failed attempt is counted
+
+
+def turn_on_totp(db: Database, name: str, secret: str, code: str) -> None:
+    """A member turns on their second factor, proving their app has the secret."""
+    with db.write() as conn:
+        totp.turn_on(conn, name, secret, code)
+        audit(conn, name, "user.totp-on", name)
+
+
+def turn_off_totp(db: Database, actor: str, name: str, password: str | None = None) -> None:
+    """Turn off a user's second factor: the member themself (with their password), or an
+    admin for a member who lost their phone."""
+    with db.write() as conn:
+        if password is not None:
+            users_.authenticate(conn, name, password)
+        totp.turn_off(conn, name)
+        audit(conn, actor, "user.totp-off", name)
 
 
 def session_of(db: Database, token: str) -> sessions.Session | None:

@@ -26,9 +26,16 @@ def m0002_sessions(conn: Connection) -> None:
     schema.sessions.create(conn)
 
 
+def m0006_second_factor(conn: Connection) -> None:
+    """TOTP: the last accepted time step per user, and logins waiting for their code."""
+    schema.totp_steps.create(conn)
+    schema.pending_logins.create(conn)
+
+
 MIGRATIONS: tuple[tuple[str, Migration], ...] = (
     ("0001_accounts", m0001_accounts),
     ("0002_sessions", m0002_sessions),
+    ("0006_second_factor", m0006_second_factor),
 )
 
 

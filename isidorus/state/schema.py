@@ -72,3 +72,21 @@ sessions = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("expires_at", DateTime(timezone=True), nullable=False),
 )
+
+# The last TOTP time step a user's code was accepted for: a code is good once.
+totp_steps = Table(
+    "totp_steps",
+    metadata,
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    Column("last_step", Integer, nullable=False),
+)
+
+# A login whose password was right, waiting for the second factor's code.
+pending_logins = Table(
+    "pending_logins",
+    metadata,
+    Column("id", String(64), primary_key=True),  # SHA-256 of the cookie's token
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+)

@@ -49,6 +49,7 @@ class Admin(Views):
                     ("role", self.user_role),
                     ("groups", self.user_groups),
                     ("remove", self.user_remove),
+                    ("totp-off", self.user_totp_off),
                 )
             ),
             Route("/admin/groups", self.groups),
@@ -202,6 +203,10 @@ class Admin(Views):
         chosen = [k.removeprefix("group:") for k, v in form.items() if k.startswith("group:")]
         ops.set_groups(self.db, session.user.name, p["name"], chosen)
         return f"/admin/users/{p['name']}?done=groups"
+
+    def user_totp_off(self, session: Session, form: dict[str, str], p: dict[str, Any]) -> str:
+        ops.turn_off_totp(self.db, session.user.name, p["name"])
+        return f"/admin/users/{p['name']}?done=saved"
 
     def user_remove(self, session: Session, form: dict[str, str], p: dict[str, Any]) -> str:
         not_yourself(session, p["name"])

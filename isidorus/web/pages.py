@@ -9,12 +9,15 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
+from isidorus.accounts import totp
 from isidorus.accounts.errors import InvalidInput, LoginFailed
 from isidorus.accounts.sessions import Session
 from isidorus.ops import accounts as ops
 from isidorus.state.db import Database
 from isidorus.web.base import COOKIE, CSRF_COOKIE, Host, Views
 from isidorus.web.ratelimit import Throttle
+
+PENDING_COOKIE = "isidorus_pending"
 
 
 def safe_next(value: str) -> str:
@@ -35,6 +38,10 @@ class Pages(Views):
             Route("/", self.public),
             Route("/login", self.login_form, methods=["GET"]),
             Route("/login", self.login, methods=["POST"]),
+            Route("/login/code", self.login_code, methods=["POST"]),
+            Route("/portal/totp", self.totp_setup, methods=["GET"]),
+            Route("/portal/totp", self.totp_on, methods=["POST"]),
+            Route("/portal/totp/off", self.totp_off, methods=["POST"]),
             Route("/logout", self.logout, methods=["POST"]),
             Route("/portal", self.portal),
             Route("/portal/password", self.password, methods=["POST"]),
@@ -70,7 +77,7 @@ class Pages(Views):
                 error="too many failed attempts: wait a quarter of an hour",
             )
         try:
-            _user, token, _csrf = ops.login(self.db, name, form.get("password", ""))
+            result = ops.login(self.db, name, form.get("password", ""))
         except LoginFailed as exc:
             self.user_throttle.failed(name)
             self.address_throttle.failed(address)
@@ -83,6 +90,56 @@ class Pages(Views):
                 error=str(exc),
                 name=name,
             )
+        if result.needs_code:
+            # the throttle is not reset: only a whole login (password and code) does that
+            response = self.page(request, "login_code.html", csrf=form["csrf"], next=nxt, name=name)
+            response.set_cookie(
+                PENDING_COOKIE,
+                result.token,
+                max_age=300,
+                path="/login",
+                httponly=True,
+                samesite="strict",
+                secure=self.host.secure_cookies,
+            )
+            return response
+        return self.logged_in(name, result.token, nxt)
+
+    async def login_code(self, request: Request) -> Response:
+        form = await self.form(request, None)
+        name = form.get("name", "").strip().lower()
+        address = request.client.host if request.client else "?"
+        nxt = safe_next(form.get("next", ""))
+        if self.user_throttle.blocked(name) or self.address_throttle.blocked(address):
+            return self.page(
+                request,
+                "login.html",
+                status=429,
+                csrf=form["csrf"],
+                next=nxt,
+                error="too many failed attempts: wait a quarter of an hour",
+            )
+        pending = request.cookies.get(PENDING_COOKIE, "")
+        try:
+            result = ops.login_code(self.db, name, pending, form.get("code", ""))
+        except LoginFailed as exc:
+            self.user_throttle.failed(name)
+            self.address_throttle.failed(address)
+            again = str(exc).startswith("wrong code")
+            return self.page(
+                request,
+                "login_code.html" if again else "login.html",
+                status=401,
+                csrf=form["csrf"],
+                next=nxt,
+                name=name,
+                error=str(exc),
+            )
+        response = self.logged_in(name, result.token, nxt)
+        response.delete_cookie(PENDING_COOKIE, path="/login")
+        return response
+
+    def logged_in(self, name: str, token: str, nxt: str) -> Response:
         self.user_throttle.succeeded(name)
         response = RedirectResponse(nxt, status_code=303)
         self.set_cookie(response, token)
@@ -148,6 +205,69 @@ class Pages(Views):
         except InvalidInput as exc:
             return self.page(request, "portal.html", status=400, session=session, error=str(exc))
         return RedirectResponse("/portal?saved=1", status_code=303)
+
+    async def totp_setup(self, request: Request, error: str = "", status: int = 200) -> Response:
+        """The page that shows a new secret (and its QR code) to scan."""
+        session = self.member(request)
+        if not isinstance(session, Session):
+            return session
+        secret = request.query_params.get("secret") or totp.new_secret()
+        uri = totp.setup_uri(secret, session.user.name, self.host.name)
+        response = self.page(
+            request,
+            "totp.html",
+            status=status,
+            session=session,
+            secret=secret,
+            uri=uri,
+            qr=totp.qr_svg(uri),
+            error=error,
+        )
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    async def totp_on(self, request: Request) -> Response:
+        session = self.member(request)
+        if not isinstance(session, Session):
+            return session
+        form = await self.form(request, session)
+        try:
+            ops.turn_on_totp(
+                self.db, session.user.name, form.get("secret", ""), form.get("code", "")
+            )
+        except InvalidInput as exc:
+            return self.page(
+                request,
+                "totp.html",
+                status=400,
+                session=session,
+                secret=form.get("secret", ""),
+                uri=totp.setup_uri(form.get("secret", ""), session.user.name, self.host.name)
+                if form.get("secret")
+                else "",
+                qr="",
+                error=str(exc),
+            )
+        return RedirectResponse("/portal?totp=on", status_code=303)
+
+    async def totp_off(self, request: Request) -> Response:
+        session = self.member(request)
+        if not isinstance(session, Session):
+            return session
+        form = await self.form(request, session)
+        try:
+            ops.turn_off_totp(
+                self.db, session.user.name, session.user.name, form.get("password", "")
+            )
+        except LoginFailed:
+            return self.page(
+                request,
+                "portal.html",
+                status=400,
+                session=session,
+                error="the password is wrong: the second factor stays on",
+            )
+        return RedirectResponse("/portal?totp=off", status_code=303)
 
     async def auth_check(self, request: Request) -> Response:
         """nginx auth_request: 200 for a permitted user (named in X-Isidorus-User), 401 when

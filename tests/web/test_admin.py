@@ -22,6 +22,7 @@ FORMS = [
     "/admin/users/bob/role",
     "/admin/users/bob/groups",
     "/admin/users/bob/remove",
+    "/admin/users/bob/totp-off",
     "/admin/groups",
     "/admin/groups/family/members",
     "/admin/groups/family/members/alice/remove",
