@@ -5,14 +5,14 @@ tiny upstream that echoes who nginx says the user is) on loopback ports of its o
 from __future__ import annotations
 
 import re
-import socket
 import subprocess
 import sys
 import textwrap
-import time
 
 import httpx2
 import pytest
+
+from tests.integration.servers import free_port, stop, wait_for_port
 
 PASSWORDS = {"alice": "winter apples keep well", "bob": "summer pears ripen fast"}
 UPSTREAM = textwrap.dedent("""
@@ -63,25 +63,6 @@ http {{
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
-    for _ in range(200):  # 10 s at most
-        if proc.poll() is not None:
-            raise AssertionError(
-                f"{what} exited: {proc.stderr.read().decode() if proc.stderr else ''}"
-            )
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise AssertionError(f"{what} did not listen on {port}")
-
-
 @pytest.fixture
 def stack(run, tmp_path):
     home = tmp_path / "host"
@@ -118,15 +99,7 @@ def stack(run, tmp_path):
             wait_for_port(port, p, what)
         yield ports
     finally:
-        for p in procs:
-            p.terminate()
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(timeout=10)
-            if p.stderr is not None:
-                p.stderr.close()
+        stop(procs)
 
 
 def login(client: httpx2.Client, isidorus: int, name: str, password: str) -> None:
