@@ -119,7 +119,7 @@ def add_user(
 
 
 def list_users(db: Database) -> list[User]:
-    with db.write() as conn:
+    with db.read() as conn:
         return users_.list_users(conn)
 
 
@@ -214,17 +214,17 @@ def set_groups(db: Database, actor: str, user: str, groups: list[str]) -> User:
 
 
 def get_user(db: Database, name: str) -> User:
-    with db.write() as conn:
+    with db.read() as conn:
         return users_.get_user(conn, name)
 
 
 def get_group(db: Database, name: str) -> Group:
-    with db.write() as conn:
+    with db.read() as conn:
         return groups_.get_group(conn, name)
 
 
 def list_groups(db: Database) -> list[Group]:
-    with db.write() as conn:
+    with db.read() as conn:
         return groups_.list_groups(conn)
 
 
@@ -282,7 +282,7 @@ def turn_off_totp(db: Database, actor: str, name: str, password: str | None = No
 
 
 def session_of(db: Database, token: str) -> sessions.Session | None:
-    with db.write() as conn:
+    with db.read() as conn:
         return sessions.find_session(conn, token)
 
 

@@ -4,7 +4,9 @@ cookies and checked forms."""
 from __future__ import annotations
 
 import os
+import time
 import tomllib
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,16 +63,61 @@ class Host:
         return self.domain if "." in self.domain else None
 
 
+class SessionCache:
+    """Sessions already found, so that a burst of `/auth/check` (a page of a service and
+    its assets) does not query the database each time. On SQLite an entry is good while
+    the database's data_version is unchanged: any commit, by any process, empties it at
+    once. Elsewhere, a write through this process empties it, and a change made by
+    another process is seen within FALLBACK_TTL seconds."""
+
+    TTL = 60.0  # and the session's own expiry is checked again at least this often
+    FALLBACK_TTL = 1.0
+    SIZE = 10_000
+
+    _of: weakref.WeakKeyDictionary[Database, SessionCache] = weakref.WeakKeyDictionary()
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.entries: dict[str, tuple[Session, float, tuple[int, int]]] = {}
+
+    @classmethod
+    def of(cls, db: Database) -> SessionCache:
+        """The one cache of `db`, shared by every group of views."""
+        cache = cls._of.get(db)
+        if cache is None:
+            cache = cls._of[db] = cls(db)
+        return cache
+
+    def find(self, token: str) -> Session | None:
+        now = time.monotonic()
+        # taken before the lookup, so that a commit during it makes the entry stale
+        version = self.db.data_version()
+        mark = (self.db.generation, -1 if version is None else version)
+        ttl = self.FALLBACK_TTL if version is None else self.TTL
+        hit = self.entries.get(token)
+        if hit is not None and hit[2] == mark and now - hit[1] < ttl:
+            return hit[0]
+        session = ops.session_of(self.db, token)
+        if session is None:
+            self.entries.pop(token, None)
+            return None
+        if len(self.entries) >= self.SIZE:
+            self.entries.clear()
+        self.entries[token] = (session, now, mark)
+        return session
+
+
 class Views:
     """The base of every group of views, over one host's state."""
 
     def __init__(self, host: Host, db: Database) -> None:
         self.host = host
         self.db = db
+        self.sessions = SessionCache.of(db)
 
     def session(self, request: Request) -> Session | None:
         token = request.cookies.get(COOKIE, "")
-        return ops.session_of(self.db, token) if token else None
+        return self.sessions.find(token) if token else None
 
     def page(
         self, request: Request, template: str, status: int = 200, **context: Any
