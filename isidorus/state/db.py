@@ -65,8 +65,8 @@ def parse_url(url: str, password: str | None = None) -> URL:
         u = make_url(url)
     except (ArgumentError, ValueError):
         raise StateError(
-            "the database URL is not valid: write postgresql://USER@HOST/DBNAME, "
-            f"or leave `database` out to use SQLite ({HELP})"
+            "the database URL is not valid: write postgresql://USER@HOST/DBNAME "
+            f"(or name no database, for SQLite; {HELP})"
         ) from None
     backend = u.get_backend_name()
     if backend in ("postgresql", "postgres"):
@@ -87,6 +87,13 @@ def _one_line(exc: BaseException, secret: str | None) -> str:
     lines = str(orig).strip().splitlines() or [type(orig).__name__]
     line = lines[0].removeprefix("connection failed: ").strip()
     return line.replace(secret, "***") if secret else line
+
+
+def _is_busy(exc: SQLAlchemyError) -> bool:
+    """Whether a writer gave up waiting for another (SQLite's busy timeout, PostgreSQL's
+    lock_timeout: SQLSTATE 55P03)."""
+    orig = getattr(exc, "orig", None)
+    return getattr(orig, "sqlstate", None) == "55P03" or "database is locked" in str(orig)
 
 
 class Database:
@@ -142,6 +149,11 @@ class Database:
                         )
                     yield conn
             except SQLAlchemyError as exc:
+                if _is_busy(exc):
+                    raise StateError(
+                        f"the state database is busy: another isidorus process kept it for "
+                        f"more than {LOCK_TIMEOUT_MS // 1000} seconds; try again"
+                    ) from exc
                 raise StateError(
                     f"the state database failed: {exc.__class__.__name__}: "
                     f"{_one_line(exc, self._password)}"

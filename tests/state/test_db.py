@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from sqlalchemy import func, select
 
+from isidorus.state import db as state_db
 from isidorus.state import schema
 from isidorus.state.db import Database, StateError
 from isidorus.state.migrations import migrate
@@ -47,6 +48,30 @@ def test_writers_queue_so_a_read_then_write_is_never_lost(db):
         targets = conn.execute(select(schema.audit_log.c.target)).scalars().all()
     # each writer saw every row before it: the counts run 0..19 with no repeat
     assert sorted(int(t) for t in targets) == list(range(20))
+
+
+def test_a_writer_that_waits_too_long_gives_up_with_a_clear_error(state_url, monkeypatch):
+    monkeypatch.setattr(state_db, "LOCK_TIMEOUT_MS", 300)
+    d = Database(state_url)
+    held, release = threading.Event(), threading.Event()
+
+    def hold():
+        with d.write():
+            held.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert held.wait(30)
+        started = time.monotonic()
+        with pytest.raises(StateError, match="busy: another isidorus process"), d.write():
+            pass
+        assert 0.2 < time.monotonic() - started < 10
+    finally:
+        release.set()
+        holder.join()
+        d.close()
 
 
 def test_a_savepoint_rolls_back_alone(db):
