@@ -1,4 +1,6 @@
-import threading
+import json
+import subprocess
+import sys
 
 from sqlalchemy import inspect, select
 
@@ -21,27 +23,39 @@ def test_migrate_applies_each_migration_once(state_url):
     assert {"users", "groups", "memberships", "audit_log", "migrations"} <= tables
 
 
+# a process that opens the database, waits for the word on stdin, migrates, and prints
+# the names of the migrations it applied
+MIGRATOR = """
+import json, sys
+from isidorus.state.db import Database
+from isidorus.state.migrations import migrate
+db = Database(sys.argv[1])
+sys.stdin.readline()
+print(json.dumps(migrate(db)))
+db.close()
+"""
+
+
 def test_two_processes_migrating_at_once_do_it_once(state_url):
-    done: list[list[str]] = []
-    errors: list[BaseException] = []
-    start = threading.Barrier(3)
-
-    def run():
-        db = Database(state_url)  # its own connections, as another process has
-        try:
-            start.wait()
-            done.append(migrate(db))
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-        finally:
-            db.close()
-
-    threads = [threading.Thread(target=run) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", MIGRATOR, state_url],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    for p in procs:  # all three have started and imported isidorus: let them go
+        assert p.stdin is not None
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    done = []
+    for p in procs:
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+        done.append(json.loads(out))
     # each migration ran once, in one of them (they may share the work out)
     assert sorted(name for d in done for name in d) == sorted(name for name, _ in MIGRATIONS)
     db = Database(state_url)
