@@ -213,3 +213,16 @@ def test_the_password_can_be_given_apart_from_the_url(postgresql):
             assert PASSWORD not in d.url
         finally:
             d.close()
+
+
+def test_the_password_can_come_from_libpqs_passfile(postgresql, tmp_path, monkeypatch):
+    passfile = tmp_path / "pgpass"
+    passfile.write_text(f"127.0.0.1:{postgresql.port}:*:{USER}:{PASSWORD}\n")
+    passfile.chmod(0o600)  # libpq ignores one that others can read
+    monkeypatch.setenv("PGPASSFILE", str(passfile))
+    with postgresql.database() as url:
+        d = Database(url.replace(f":{PASSWORD}@", "@"))
+        try:
+            assert migrate(d)
+        finally:
+            d.close()
