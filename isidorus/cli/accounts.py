@@ -70,6 +70,17 @@ def _read_password(from_stdin: bool, what: str = "password") -> str | None:
     is_flag=True,
     help="Read the admin's password from standard input instead of making one.",
 )
+@click.option(
+    "--database",
+    metavar="URL",
+    help="Keep the state in this PostgreSQL database, e.g. postgresql://isidorus@localhost/"
+    "isidorus (default: a SQLite file in the data directory).",
+)
+@click.option(
+    "--database-password-file",
+    metavar="FILE",
+    help="Read the database user's password from FILE (else libpq's ~/.pgpass or PGPASSWORD).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def init(
     data_dir: str | None,
@@ -77,15 +88,21 @@ def init(
     admin: str,
     email: str | None,
     password_stdin: bool,
+    database: str | None,
+    database_password_file: str | None,
     as_json: bool,
 ) -> None:
     """Create the host's configuration and state database, with a first admin."""
+    if database_password_file and not database:
+        raise UsageError("--database-password-file goes with --database URL")
     r = ops.init_host(
         _data_dir(data_dir),
         domain=domain,
         admin=admin,
         email=email or f"{admin}@{domain}",
         password=_read_password(password_stdin),
+        database=database,
+        database_password_file=database_password_file,
     )
     if as_json:
         print_json(

@@ -6,6 +6,7 @@ The CLI, the web and the API call these; `actor` names who acts (`cli:root`, a u
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import tomllib
@@ -20,13 +21,14 @@ from isidorus.accounts import users as users_
 from isidorus.accounts.errors import AlreadyExists, Refused
 from isidorus.accounts.groups import Group
 from isidorus.accounts.users import User
-from isidorus.errors import UsageError
+
+# (the host's file names, re-exported: the frontends find them here)
+from isidorus.ops.database import CONFIG_NAME as CONFIG_NAME
+from isidorus.ops.database import STATE_NAME as STATE_NAME
+from isidorus.ops.database import open_database, read_config
 from isidorus.state.db import Database
 from isidorus.state.migrations import migrate
 from isidorus.state.schema import audit_log
-
-CONFIG_NAME = "isidorus.toml"
-STATE_NAME = "state.sqlite"
 
 
 def audit(conn: Connection, actor: str, action: str, target: str = "", detail: str = "") -> None:
@@ -44,13 +46,14 @@ def new_password() -> str:
 
 
 def open_state(data_dir: str) -> Database:
-    """The host's state database, migrated to this version of isidorus."""
-    if not os.path.exists(os.path.join(data_dir, CONFIG_NAME)):
-        raise UsageError(
-            f"{data_dir} holds no isidorus host: run `isidorus init --data-dir {data_dir}` first"
-        )
-    db = Database.open_file(os.path.join(data_dir, STATE_NAME))
-    migrate(db)
+    """The host's state database (SQLite, or PostgreSQL when the config names one),
+    migrated to this version of isidorus."""
+    db = open_database(data_dir, read_config(data_dir))
+    try:
+        migrate(db)
+    except BaseException:
+        db.close()
+        raise
     return db
 
 
@@ -64,9 +67,17 @@ class InitResult:
 
 
 def init_host(
-    data_dir: str, *, domain: str, admin: str, email: str, password: str | None = None
+    data_dir: str,
+    *,
+    domain: str,
+    admin: str,
+    email: str,
+    password: str | None = None,
+    database: str | None = None,
+    database_password_file: str | None = None,
 ) -> InitResult:
-    """Make the config file and the state database, with a first admin. Running it again
+    """Make the config file and the state database, with a first admin. The state goes in
+    the PostgreSQL `database` (a URL) when given, else in a SQLite file. Running it again
     on an initialised host changes nothing and says so."""
     config_path = os.path.join(data_dir, CONFIG_NAME)
     if os.path.exists(config_path):
@@ -75,7 +86,12 @@ def init_host(
         return InitResult(data_dir, config_path, existing.get("admin", admin), None, False)
     users_.check_name(admin)
     os.makedirs(data_dir, mode=0o700, exist_ok=True)
-    db = Database.open_file(os.path.join(data_dir, STATE_NAME))
+    db_lines = {"state": STATE_NAME}  # the config's lines that choose the database
+    if database:
+        db_lines = {"database": database}
+        if database_password_file:
+            db_lines["database_password_file"] = os.path.abspath(database_password_file)
+    db = open_database(data_dir, db_lines if database else {})
     try:
         migrate(db)
         generated = password is None
@@ -94,7 +110,9 @@ def init_host(
     with open(tmp, "w") as f:
         f.write(
             f'# isidorus host configuration (see docs/)\ndomain = "{domain}"\n'
-            f'admin = "{admin}"\nstate = "{STATE_NAME}"\n'
+            f'admin = "{admin}"\n'
+            # (json's strings are TOML strings too)
+            + "".join(f"{k} = {json.dumps(v)}\n" for k, v in db_lines.items())
         )
         f.flush()
         os.fsync(f.fileno())

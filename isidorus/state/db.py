@@ -4,6 +4,13 @@ SQLite is opened in WAL mode with foreign keys on; its transactions that write s
 BEGIN IMMEDIATE (pysqlite's own BEGIN is deferred, which lets two writers both read and
 then one fail on upgrade). `atomic()` nests through savepoints, so a use case can call
 others and still commit or roll back as one.
+
+PostgreSQL (through psycopg 3) gets the same single writer another way: each `write()`
+transaction first takes one transaction-level advisory lock, held until it commits or rolls
+back, so writers queue as they do on SQLite and a transaction that reads then inserts
+cannot race another (migrations from two processes at once included). READ COMMITTED then
+lets every statement after the lock see what the previous writer committed. SERIALIZABLE
+would instead fail one of two racing transactions at commit and leave every caller to retry.
 """
 
 from __future__ import annotations
@@ -16,10 +23,18 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import URL, Connection, Engine, create_engine, event, make_url, text
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from isidorus.errors import IsidorusError
+
+# the key of the writers' advisory lock: any constant ("isidorus" in ASCII); PostgreSQL
+# keeps advisory locks per database, so hosts sharing a server do not wait for each other
+WRITE_LOCK = int.from_bytes(b"isidorus", "big")
+# how long a writer waits for another before it gives up (SQLite's busy_timeout below)
+LOCK_TIMEOUT_MS = 10_000
+CONNECT_TIMEOUT_S = 10
+HELP = "see docs/state.md"
 
 
 class StateError(IsidorusError):
@@ -37,7 +52,7 @@ def _sqlite_setup(engine: Engine) -> None:
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute("PRAGMA busy_timeout=10000")
+        cur.execute(f"PRAGMA busy_timeout={LOCK_TIMEOUT_MS}")
         cur.close()
 
     @event.listens_for(engine, "begin")
@@ -47,10 +62,43 @@ def _sqlite_setup(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN" if read else "BEGIN IMMEDIATE")
 
 
-def _failed(exc: SQLAlchemyError) -> StateError:
-    return StateError(
-        f"the state database failed: {exc.__class__.__name__}: {str(exc).splitlines()[0]}"
-    )
+def parse_url(url: str, password: str | None = None) -> URL:
+    """The SQLAlchemy URL of a database URL (`sqlite:///PATH`, `postgresql://…`), with
+    PostgreSQL's driver set to psycopg and `password` put in. Raises StateError, which never
+    repeats the URL (it may hold a password)."""
+    try:
+        u = make_url(url)
+    except (ArgumentError, ValueError):
+        raise StateError(
+            "the database URL is not valid: write postgresql://USER@HOST/DBNAME "
+            f"(or name no database, for SQLite; {HELP})"
+        ) from None
+    backend = u.get_backend_name()
+    if backend in ("postgresql", "postgres"):
+        u = u.set(drivername="postgresql+psycopg")
+        if password is not None:
+            u = u.set(password=password)
+    elif backend != "sqlite":
+        raise StateError(
+            f"isidorus keeps its state in SQLite or PostgreSQL, not {backend!r}: "
+            f"write postgresql://USER@HOST/DBNAME ({HELP})"
+        )
+    return u
+
+
+def _one_line(exc: BaseException, secret: str | None) -> str:
+    """The first line of a driver's message, without the password should it show."""
+    orig = getattr(exc, "orig", None) or exc
+    lines = str(orig).strip().splitlines() or [type(orig).__name__]
+    line = lines[0].removeprefix("connection failed: ").strip()
+    return line.replace(secret, "***") if secret else line
+
+
+def _is_busy(exc: SQLAlchemyError) -> bool:
+    """Whether a writer gave up waiting for another (SQLite's busy timeout, PostgreSQL's
+    lock_timeout: SQLSTATE 55P03)."""
+    orig = getattr(exc, "orig", None)
+    return getattr(orig, "sqlstate", None) == "55P03" or "database is locked" in str(orig)
 
 
 class Database:
@@ -60,45 +108,84 @@ class Database:
     of this process know when what they hold may be stale.
     """
 
-    def __init__(self, url: str) -> None:
-        self.url = url
+    def __init__(self, url: str, *, password: str | None = None) -> None:
+        u = parse_url(url, password)
+        self._password = u.password if isinstance(u.password, str) else None
+        # as the operator wrote it, safe to print: the password is masked
+        self.url = u.set(drivername=u.get_backend_name()).render_as_string(hide_password=True)
+        self.dialect = u.get_backend_name()
         self._writes = itertools.count(1)
         self.generation = 0
         self._probe: sqlite3.Connection | None = None
         self._probe_lock = threading.Lock()
         try:
-            self.engine = create_engine(url, future=True)
+            if self.dialect == "sqlite":
+                self.engine = create_engine(u)
+                _sqlite_setup(self.engine)
+            else:
+                args = (
+                    {} if "connect_timeout" in u.query else {"connect_timeout": CONNECT_TIMEOUT_S}
+                )
+                # pre-ping: a server restarted under a running isidorus is reconnected to
+                self.engine = create_engine(u, pool_pre_ping=True, connect_args=args)
         except (SQLAlchemyError, ValueError) as exc:
-            raise StateError(f"cannot use the database {url!r}: {exc}") from None
-        if self.engine.dialect.name == "sqlite":
-            _sqlite_setup(self.engine)
+            raise StateError(
+                f"cannot use the database {self.url}: {_one_line(exc, self._password)} ({HELP})"
+            ) from None
 
     @classmethod
     def open_file(cls, path: str) -> Database:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         return cls(sqlite_url(path))
 
+    def _connect(self) -> Connection:
+        try:
+            return self.engine.connect()
+        except SQLAlchemyError as exc:
+            raise StateError(
+                f"cannot connect to the state database {self.url}: "
+                f"{_one_line(exc, self._password)} (check that the server runs and that the "
+                f"URL, user and password are right: {HELP})"
+            ) from None
+
+    def _failed(self, exc: SQLAlchemyError) -> StateError:
+        if _is_busy(exc):
+            return StateError(
+                f"the state database is busy: another isidorus process kept it for "
+                f"more than {LOCK_TIMEOUT_MS // 1000} seconds; try again"
+            )
+        return StateError(
+            f"the state database failed: {exc.__class__.__name__}: {_one_line(exc, self._password)}"
+        )
+
     @contextlib.contextmanager
     def write(self) -> Iterator[Connection]:
-        """A transaction that commits when the block ends, or rolls back on error."""
-        try:
-            with self.engine.begin() as conn:
-                yield conn
-        except SQLAlchemyError as exc:
-            raise _failed(exc) from exc
-        finally:
-            self.generation = next(self._writes)
+        """A transaction that commits when the block ends, or rolls back on error. Only
+        one runs at a time per database (writers queue, up to LOCK_TIMEOUT_MS)."""
+        with self._connect() as conn:
+            try:
+                with conn.begin():
+                    if self.dialect == "postgresql":
+                        conn.exec_driver_sql(f"SET LOCAL lock_timeout = {LOCK_TIMEOUT_MS}")
+                        conn.execute(
+                            text("SELECT pg_advisory_xact_lock(:key)"), {"key": WRITE_LOCK}
+                        )
+                    yield conn
+            except SQLAlchemyError as exc:
+                raise self._failed(exc) from exc
+            finally:
+                self.generation = next(self._writes)
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Connection]:
         """A transaction that only reads: one consistent view, and no write lock."""
-        try:
-            with self.engine.connect() as conn:
-                conn = conn.execution_options(isidorus_read=True)
+        with self._connect() as conn:
+            conn = conn.execution_options(isidorus_read=True)
+            try:
                 with conn.begin():
                     yield conn
-        except SQLAlchemyError as exc:
-            raise _failed(exc) from exc
+            except SQLAlchemyError as exc:
+                raise self._failed(exc) from exc
 
     @contextlib.contextmanager
     def atomic(self, conn: Connection) -> Iterator[Connection]:
@@ -111,7 +198,7 @@ class Database:
         """A number that changes whenever anyone (this process or another) commits to an
         SQLite database: caches compare it to know, exactly and cheaply, that what they
         hold is still current. None for other databases."""
-        if self.engine.dialect.name != "sqlite" or self.engine.url.database in (None, ""):
+        if self.dialect != "sqlite" or self.engine.url.database in (None, ""):
             return None
         with self._probe_lock:
             if self._probe is None:

@@ -43,7 +43,8 @@ def applied(db: Database) -> list[str]:
     with db.write() as conn:
         if not inspect(conn).has_table("migrations"):
             return []
-        return [r[0] for r in conn.execute(select(schema.migrations.c.name))]
+        names = select(schema.migrations.c.name).order_by(schema.migrations.c.name)
+        return [r[0] for r in conn.execute(names)]
 
 
 def migrate(db: Database) -> list[str]:

@@ -1,11 +1,13 @@
-"""The tables, as SQLAlchemy Core objects (one definition for SQLite and PostgreSQL)."""
+"""The tables, as SQLAlchemy Core objects (one definition for SQLite and PostgreSQL).
+
+Moments are `UtcDateTime` columns, so they read back alike from both databases.
+"""
 
 from __future__ import annotations
 
 from sqlalchemy import (
     Boolean,
     Column,
-    DateTime,
     ForeignKey,
     Integer,
     MetaData,
@@ -14,13 +16,15 @@ from sqlalchemy import (
     Text,
 )
 
+from isidorus.state.types import UtcDateTime
+
 metadata = MetaData()
 
 migrations = Table(
     "migrations",
     metadata,
     Column("name", String(200), primary_key=True),
-    Column("applied_at", DateTime(timezone=True), nullable=False),
+    Column("applied_at", UtcDateTime(), nullable=False),
 )
 
 users = Table(
@@ -34,7 +38,7 @@ users = Table(
     Column("is_admin", Boolean, nullable=False, default=False),
     Column("disabled", Boolean, nullable=False, default=False),
     Column("totp_secret", String(64), nullable=True),
-    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
 )
 
 groups = Table(
@@ -56,7 +60,7 @@ audit_log = Table(
     "audit_log",
     metadata,
     Column("id", Integer, primary_key=True),
-    Column("at", DateTime(timezone=True), nullable=False),
+    Column("at", UtcDateTime(), nullable=False),
     Column("actor", String(64), nullable=False),
     Column("action", String(64), nullable=False),
     Column("target", String(200), nullable=False, default=""),
@@ -69,8 +73,8 @@ sessions = Table(
     Column("id", String(64), primary_key=True),  # SHA-256 of the cookie's token
     Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
     Column("csrf", String(64), nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("expires_at", UtcDateTime(), nullable=False),
 )
 
 # The last TOTP time step a user's code was accepted for: a code is good once.
@@ -88,5 +92,5 @@ pending_logins = Table(
     Column("id", String(64), primary_key=True),  # SHA-256 of the cookie's token
     Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
     Column("attempts", Integer, nullable=False, default=0),
-    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", UtcDateTime(), nullable=False),
 )

@@ -5,8 +5,8 @@ from isidorus.state.migrations import migrate
 
 
 @pytest.fixture
-def db(tmp_path):
-    d = Database.open_file(str(tmp_path / "state.sqlite"))
+def db(state_url):
+    d = Database(state_url)
     migrate(d)
     yield d
     d.close()
