@@ -24,7 +24,7 @@ from tests.test_layering import _imports
 from tests.web.test_app import PW, csrf_of, login
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent.parent
-CATALOG = ROOT / "isidorus" / "web" / "locale" / "fr" / "LC_MESSAGES" / "messages.po"
+LOCALE = ROOT / "isidorus" / "web" / "locale"
 ADMIN_PW = "the host keeper's passphrase"
 
 
@@ -274,9 +274,12 @@ def extracted():
     return found
 
 
-def catalog():
-    with open(CATALOG, "rb") as f:
-        return read_po(f, locale="fr")
+TRANSLATED = [lang for lang in i18n.LANGUAGES if lang != i18n.SOURCE]
+
+
+def catalog(lang="fr"):
+    with open(LOCALE / lang / "LC_MESSAGES" / "messages.po", "rb") as f:
+        return read_po(f, locale=lang)
 
 
 def translated(entry):
@@ -286,8 +289,9 @@ def translated(entry):
     return all(strings)  # every plural form too
 
 
-def test_every_message_has_a_french_translation():
-    cat = catalog()
+@pytest.mark.parametrize("lang", TRANSLATED)
+def test_every_message_has_a_translation(lang):
+    cat = catalog(lang)
     missing = [
         f"{where}: {msgid!r}"
         for (msgid, context), where in sorted(extracted().items(), key=str)
@@ -296,9 +300,10 @@ def test_every_message_has_a_french_translation():
     assert not missing, "translate in messages.po (see docs/translating.md):\n" + "\n".join(missing)
 
 
-def test_the_catalog_has_no_obsolete_message():
+@pytest.mark.parametrize("lang", TRANSLATED)
+def test_the_catalog_has_no_obsolete_message(lang):
     found = extracted()
-    cat = catalog()
+    cat = catalog(lang)
     stale = [
         m.id
         for m in cat
@@ -308,9 +313,19 @@ def test_the_catalog_has_no_obsolete_message():
     assert not cat.obsolete, "messages.po keeps obsolete (#~) entries: remove them"
 
 
-def test_the_translations_keep_the_placeholders():
-    errors = [(m.id, [str(e) for e in errs]) for m, errs in catalog().check()]
+@pytest.mark.parametrize("lang", TRANSLATED)
+def test_the_translations_keep_the_placeholders(lang):
+    errors = [(m.id, [str(e) for e in errs]) for m, errs in catalog(lang).check()]
     assert not errors
+
+
+def test_french_punctuation_is_consistent():
+    """A non-breaking space before : ; ? ! and inside « », never a plain one (which a
+    browser may break the line at)."""
+    for m in catalog("fr"):
+        for text in m.string if isinstance(m.string, tuple) else (m.string,):
+            if m.id and text:
+                assert not re.search(r"[^\u00a0][:;?!»]|«[^\u00a0]", text), text
 
 
 def test_every_template_goes_through_the_catalog():
@@ -375,6 +390,12 @@ def test_the_cores_messages_are_translated_with_what_they_name(raise_, french):
     with i18n.use("fr"):
         assert french in i18n.message_of(err.value)
     assert i18n.message_of(err.value) == str(err.value)  # English: as the core wrote it
+
+
+def test_the_setting_and_the_switch_are_documented():
+    guide = (ROOT / "docs" / "server.md").read_text()
+    assert 'language = "fr"' in guide and i18n.COOKIE in guide and "/lang/" in guide
+    assert "pybabel extract -F babel.cfg" in (ROOT / "docs" / "translating.md").read_text()
 
 
 def test_the_core_does_not_know_the_web():
