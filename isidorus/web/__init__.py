@@ -7,6 +7,8 @@ session cookie   `isidorus_session`: a random token (HttpOnly, SameSite=Lax, Sec
                  HTTPS), valid on the host's domain and its subdomains, so one login serves
                  every service behind nginx.
 CSRF token       Per session; every form that changes something carries it.
+language         English or French: the `isidorus_lang` cookie (set by `/lang/<code>`), else
+                 the host's `language` setting; see `i18n.py`.
 auth check       nginx's `auth_request` asks `/auth/check` whether the browser may see a
                  service: 200 (with `X-Isidorus-User`), 401 (not logged in) or 403.
 

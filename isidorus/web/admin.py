@@ -18,6 +18,7 @@ from isidorus.accounts.errors import AccountError, InvalidInput
 from isidorus.accounts.sessions import Session
 from isidorus.ops import accounts as ops
 from isidorus.web.base import Views
+from isidorus.web.i18n import gettext, message_of
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ class Admin(Views):
             try:
                 result = action(session, form, dict(request.path_params))
             except AccountError as exc:
-                return await page(request, error=str(exc), status=exc.http_status)
+                return await page(request, error=message_of(exc), status=exc.http_status)
             if isinstance(result, PasswordShown):
                 page_ = self.page(request, "admin/password.html", session=session, shown=result)
                 page_.headers["Cache-Control"] = "no-store"
@@ -211,7 +212,9 @@ class Admin(Views):
     def user_remove(self, session: Session, form: dict[str, str], p: dict[str, Any]) -> str:
         not_yourself(session, p["name"])
         if form.get("confirm", "").strip().lower() != p["name"]:
-            raise InvalidInput(f"type {p['name']} in the box to confirm the removal")
+            raise InvalidInput(
+                gettext("type %(name)s in the box to confirm the removal") % {"name": p["name"]}
+            )
         ops.remove_user(self.db, session.user.name, p["name"])
         return "/admin/users?done=removed"
 
@@ -230,7 +233,9 @@ class Admin(Views):
 
     def group_remove(self, session: Session, form: dict[str, str], p: dict[str, Any]) -> str:
         if form.get("confirm", "").strip().lower() != p["name"]:
-            raise InvalidInput(f"type {p['name']} in the box to confirm the removal")
+            raise InvalidInput(
+                gettext("type %(name)s in the box to confirm the removal") % {"name": p["name"]}
+            )
         ops.remove_group(self.db, session.user.name, p["name"])
         return "/admin/groups?done=removed"
 
@@ -238,4 +243,4 @@ class Admin(Views):
 def not_yourself(session: Session, name: str) -> None:
     """An admin does not lock themself out: another admin does that."""
     if name == session.user.name:
-        raise InvalidInput("you cannot do this to your own account: ask another admin")
+        raise InvalidInput(gettext("you cannot do this to your own account: ask another admin"))

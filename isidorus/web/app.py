@@ -14,8 +14,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from isidorus.errors import IsidorusError
 from isidorus.ops import accounts as ops
+from isidorus.web import i18n
 from isidorus.web.admin import Admin
 from isidorus.web.base import COOKIE, HERE, Host, templates
+from isidorus.web.i18n import gettext
 from isidorus.web.pages import Pages
 
 __all__ = ["COOKIE", "create_app"]
@@ -57,19 +59,26 @@ class SecurityHeaders:
 async def handle_error(request: Request, exc: Exception) -> Response:
     """The one handler: JSON for the API, a page for browsers."""
     status = exc.http_status if isinstance(exc, IsidorusError) else 500
-    message = str(exc) if isinstance(exc, IsidorusError) else "an internal error occurred"
     if request.url.path.startswith("/api/"):
+        message = str(exc) if isinstance(exc, IsidorusError) else "an internal error occurred"
         return JSONResponse({"error": message}, status_code=status)
-    return templates.TemplateResponse(
-        request,
-        "error.html",
-        {"message": message, "status": status, "host": None, "session": None},
-        status_code=status,
-    )
+    # an unexpected error reaches here outside LanguageMiddleware: choose again
+    with i18n.use(i18n.choose(request, request.app.state.host.language)):
+        if isinstance(exc, IsidorusError):
+            message = i18n.message_of(exc)
+        else:
+            message = gettext("an internal error occurred")
+        return templates.TemplateResponse(
+            request,
+            "error.html",
+            {"message": message, "status": status, "host": None, "session": None},
+            status_code=status,
+        )
 
 
 def create_app(data_dir: str) -> Starlette:
     host = Host.load(data_dir)
+    i18n.catalogs()  # a broken catalog stops the start, not a visitor's page
     db = ops.open_state(data_dir)
     routes: list[BaseRoute] = [
         *Pages(host, db).routes(),
@@ -78,8 +87,12 @@ def create_app(data_dir: str) -> Starlette:
     ]
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(SecurityHeaders)],
+        middleware=[
+            Middleware(i18n.LanguageMiddleware, default=host.language),
+            Middleware(SecurityHeaders),
+        ],
         exception_handlers={IsidorusError: handle_error, 500: handle_error},
     )
     app.state.db = db
+    app.state.host = host
     return app

@@ -3,26 +3,82 @@ cookies and checked forms."""
 
 from __future__ import annotations
 
+import datetime
 import os
 import time
 import tomllib
 import weakref
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode, urlsplit
 
+import jinja2
+from babel.dates import format_date
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.templating import Jinja2Templates
 
 from isidorus.accounts.sessions import Session
-from isidorus.errors import IsidorusError
+from isidorus.errors import IsidorusError, UsageError
 from isidorus.ops import accounts as ops
 from isidorus.state.db import Database
+from isidorus.web import i18n
+from isidorus.web.i18n import gettext
 
 HERE = os.path.dirname(__file__)
 COOKIE = "isidorus_session"
 CSRF_COOKIE = "isidorus_csrf"
-templates = Jinja2Templates(directory=os.path.join(HERE, "templates"))
+
+
+def safe_next(value: str, default: str = "/portal") -> str:
+    """Where to go next: a path of this host, never another site."""
+    if not value.startswith("/") or value.startswith("//") or "\\" in value:
+        return default
+    return value
+
+
+def here(request: Request) -> str:
+    """The page to come back to after switching language: this one, or for the answer to a
+    form (which cannot be fetched again) the page that posted it."""
+    url = request.url if request.method == "GET" else urlsplit(request.headers.get("referer", ""))
+    return safe_next(url.path + (f"?{url.query}" if url.query else ""), "/")
+
+
+def switch_links(request: Request) -> list[tuple[str, str, str]]:
+    """(code, name, URL) of each language the visitor can switch to from this page."""
+    back = urlencode({"next": here(request)})
+    current = i18n.language()
+    return [
+        (code, name, f"/lang/{code}?{back}")
+        for code, name in i18n.LANGUAGES.items()
+        if code != current
+    ]
+
+
+def long_date(day: datetime.date) -> str:
+    return format_date(day, "long", locale=i18n.language())
+
+
+def make_environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(os.path.join(HERE, "templates")),
+        autoescape=jinja2.select_autoescape(),
+        extensions=["jinja2.ext.i18n"],
+    )
+    # `{% trans %}` blocks may wrap; babel.cfg extracts them trimmed the same way
+    env.policies["ext.i18n.trimmed"] = True
+    # newstyle: `_()` escapes its arguments and formats `%(name)s` itself. The callables
+    # read the request's language, so one environment serves every language.
+    # (install_gettext_callables is added by the extension, unknown to the type checker)
+    env.install_gettext_callables(  # type: ignore[attr-defined]
+        i18n.gettext, i18n.ngettext, newstyle=True, pgettext=i18n.pgettext
+    )
+    env.globals.update(language=i18n.language, switch_links=switch_links)
+    env.filters["long_date"] = long_date
+    return env
+
+
+templates = Jinja2Templates(env=make_environment())
 
 
 class CsrfError(IsidorusError):
@@ -44,6 +100,7 @@ class Host:
     hosted_at: str = ""
     backups_at: str = ""
     secure_cookies: bool = False
+    language: str = i18n.SOURCE
 
     @classmethod
     def load(cls, data_dir: str) -> Host:
@@ -52,9 +109,20 @@ class Host:
             doc = tomllib.load(f)
         known = {
             k: doc[k]
-            for k in ("domain", "name", "contact", "hosted_at", "backups_at", "secure_cookies")
+            for k in (
+                "domain",
+                "name",
+                "contact",
+                "hosted_at",
+                "backups_at",
+                "secure_cookies",
+                "language",
+            )
             if k in doc
         }
+        if known.get("language", i18n.SOURCE) not in i18n.LANGUAGES:
+            allowed = " or ".join(f'"{code}"' for code in i18n.LANGUAGES)
+            raise UsageError(f'{path}: language = "{known["language"]}" is unknown: use {allowed}')
         return cls(data_dir=data_dir, **known)
 
     @property
@@ -144,7 +212,7 @@ class Views:
         data = {k: str(v) for k, v in (await request.form()).items()}
         expected = session.csrf if session else request.cookies.get(CSRF_COOKIE, "")
         if not expected or data.get("csrf") != expected:
-            raise CsrfError("the form has expired: reload the page and try again")
+            raise CsrfError(gettext("the form has expired: reload the page and try again"))
         return data
 
     def member(self, request: Request) -> Session | Response:
@@ -158,5 +226,5 @@ class Views:
         """The session of an admin, or the answer for anyone else (login, or 403)."""
         session = self.member(request)
         if isinstance(session, Session) and not session.user.is_admin:
-            raise Forbidden("this page is for the host's admins")
+            raise Forbidden(gettext("this page is for the host's admins"))
         return session

@@ -12,19 +12,17 @@ from starlette.routing import Route
 from isidorus.accounts import totp
 from isidorus.accounts.errors import InvalidInput, LoginFailed
 from isidorus.accounts.sessions import Session
+from isidorus.errors import NotFoundError
 from isidorus.ops import accounts as ops
 from isidorus.state.db import Database
-from isidorus.web.base import COOKIE, CSRF_COOKIE, Host, Views
+from isidorus.web import i18n
+from isidorus.web.base import COOKIE, CSRF_COOKIE, Host, Views, safe_next
+from isidorus.web.i18n import gettext, message_of
 from isidorus.web.ratelimit import Throttle
 
+__all__ = ["Pages", "safe_next"]
+
 PENDING_COOKIE = "isidorus_pending"
-
-
-def safe_next(value: str) -> str:
-    """Where to go after login: a path of this host, never another site."""
-    if not value.startswith("/") or value.startswith("//") or "\\" in value:
-        return "/portal"
-    return value
 
 
 class Pages(Views):
@@ -47,6 +45,7 @@ class Pages(Views):
             Route("/portal/password", self.password, methods=["POST"]),
             Route("/portal/profile", self.profile, methods=["POST"]),
             Route("/auth/check", self.auth_check),
+            Route("/lang/{code}", self.switch_language),
         ]
 
     async def public(self, request: Request) -> Response:
@@ -74,7 +73,7 @@ class Pages(Views):
                 status=429,
                 csrf=form["csrf"],
                 next=nxt,
-                error="too many failed attempts: wait a quarter of an hour",
+                error=gettext("too many failed attempts: wait a quarter of an hour"),
             )
         try:
             result = ops.login(self.db, name, form.get("password", ""))
@@ -87,7 +86,7 @@ class Pages(Views):
                 status=401,
                 csrf=form["csrf"],
                 next=nxt,
-                error=str(exc),
+                error=message_of(exc),
                 name=name,
             )
         if result.needs_code:
@@ -117,7 +116,7 @@ class Pages(Views):
                 status=429,
                 csrf=form["csrf"],
                 next=nxt,
-                error="too many failed attempts: wait a quarter of an hour",
+                error=gettext("too many failed attempts: wait a quarter of an hour"),
             )
         pending = request.cookies.get(PENDING_COOKIE, "")
         try:
@@ -133,7 +132,7 @@ class Pages(Views):
                 csrf=form["csrf"],
                 next=nxt,
                 name=name,
-                error=str(exc),
+                error=message_of(exc),
             )
         response = self.logged_in(name, result.token, nxt)
         response.delete_cookie(PENDING_COOKIE, path="/login")
@@ -171,7 +170,7 @@ class Pages(Views):
                 "portal.html",
                 status=400,
                 session=session,
-                error="the two new passwords differ",
+                error=gettext("the two new passwords differ"),
             )
         try:
             token, _csrf = ops.change_own_password(
@@ -183,7 +182,7 @@ class Pages(Views):
                 "portal.html",
                 status=400,
                 session=session,
-                error="the current password is wrong",
+                error=gettext("the current password is wrong"),
             )
         response = RedirectResponse("/portal?changed=1", status_code=303)
         self.set_cookie(response, token)
@@ -203,7 +202,9 @@ class Pages(Views):
                 email=form.get("email", ""),
             )
         except InvalidInput as exc:
-            return self.page(request, "portal.html", status=400, session=session, error=str(exc))
+            return self.page(
+                request, "portal.html", status=400, session=session, error=message_of(exc)
+            )
         return RedirectResponse("/portal?saved=1", status_code=303)
 
     async def totp_setup(self, request: Request, error: str = "", status: int = 200) -> Response:
@@ -246,7 +247,7 @@ class Pages(Views):
                 if form.get("secret")
                 else "",
                 qr="",
-                error=str(exc),
+                error=message_of(exc),
             )
         return RedirectResponse("/portal?totp=on", status_code=303)
 
@@ -265,9 +266,28 @@ class Pages(Views):
                 "portal.html",
                 status=400,
                 session=session,
-                error="the password is wrong: the second factor stays on",
+                error=gettext("the password is wrong: the second factor stays on"),
             )
         return RedirectResponse("/portal?totp=off", status_code=303)
+
+    async def switch_language(self, request: Request) -> Response:
+        """A visitor chooses a language: kept in a cookie for a year, then back to the page
+        they were on (a path of this host only)."""
+        code = request.path_params["code"]
+        if code not in i18n.LANGUAGES:
+            raise NotFoundError(gettext("there is no language %(code)s here") % {"code": code})
+        response = RedirectResponse(
+            safe_next(request.query_params.get("next", ""), "/"), status_code=303
+        )
+        response.set_cookie(
+            i18n.COOKIE,
+            code,
+            max_age=365 * 24 * 3600,
+            httponly=True,
+            samesite="lax",
+            secure=self.host.secure_cookies,
+        )
+        return response
 
     async def auth_check(self, request: Request) -> Response:
         """nginx auth_request: 200 for a permitted user (named in X-Isidorus-User), 401 when
