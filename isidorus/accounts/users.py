@@ -48,7 +48,7 @@ class User:
 
 
 def check_name(name: str, what: str = "user") -> None:
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         raise InvalidInput(
             f"{name!r} is not a valid {what} name: use 1 to 32 lowercase "
             "letters, digits, '.', '_' or '-', starting with a letter"
@@ -56,7 +56,7 @@ def check_name(name: str, what: str = "user") -> None:
 
 
 def check_email(email: str) -> None:
-    if not EMAIL_RE.match(email) or len(email) > 254:
+    if not EMAIL_RE.fullmatch(email) or len(email) > 254:
         raise InvalidInput(f"{email!r} is not an e-mail address")
 
 

@@ -14,9 +14,11 @@ from datetime import UTC, datetime
 
 from sqlalchemy import Connection
 
+from isidorus.accounts import audit as audit_
 from isidorus.accounts import groups as groups_
-from isidorus.accounts import sessions
+from isidorus.accounts import sessions, tokens
 from isidorus.accounts import users as users_
+from isidorus.accounts.audit import AuditPage
 from isidorus.accounts.errors import AlreadyExists
 from isidorus.accounts.groups import Group
 from isidorus.accounts.users import User
@@ -35,6 +37,13 @@ def audit(conn: Connection, actor: str, action: str, target: str = "", detail: s
             at=datetime.now(UTC), actor=actor, action=action, target=target, detail=detail
         )
     )
+
+
+def list_audit(db: Database, *, limit: int = 50, before: int | None = None) -> AuditPage:
+    """The audit log, newest first: up to `limit` entries older than entry `before`.
+    Raises InvalidInput for a limit out of 1 to 500."""
+    with db.write() as conn:
+        return audit_.list_entries(conn, limit=limit, before=before)
 
 
 def new_password() -> str:
@@ -123,9 +132,16 @@ def list_users(db: Database) -> list[User]:
         return users_.list_users(conn)
 
 
+def get_user(db: Database, name: str) -> User:
+    with db.write() as conn:
+        return users_.get_user(conn, name)
+
+
 def remove_user(db: Database, actor: str, name: str) -> None:
+    """Remove a user with their sessions and API tokens."""
     with db.write() as conn:
         sessions.end_user_sessions(conn, name)
+        tokens.delete_user_tokens(conn, name)
         users_.delete_user(conn, name)
         audit(conn, actor, "user.remove", name)
 
@@ -176,6 +192,11 @@ def remove_member(db: Database, actor: str, group: str, user: str) -> Group:
 def list_groups(db: Database) -> list[Group]:
     with db.write() as conn:
         return groups_.list_groups(conn)
+
+
+def get_group(db: Database, name: str) -> Group:
+    with db.write() as conn:
+        return groups_.get_group(conn, name)
 
 
 # -- logins (the web calls these)

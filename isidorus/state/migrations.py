@@ -26,9 +26,15 @@ def m0002_sessions(conn: Connection) -> None:
     schema.sessions.create(conn)
 
 
+def m0003_api_tokens(conn: Connection) -> None:
+    """API tokens: one row per token, found by its hash, owned by an admin."""
+    schema.api_tokens.create(conn)
+
+
 MIGRATIONS: tuple[tuple[str, Migration], ...] = (
     ("0001_accounts", m0001_accounts),
     ("0002_sessions", m0002_sessions),
+    ("0003_api_tokens", m0003_api_tokens),
 )
 
 

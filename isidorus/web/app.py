@@ -8,13 +8,14 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
 
 from isidorus.errors import IsidorusError
 from isidorus.ops import accounts as ops
 from isidorus.web.admin import Admin
+from isidorus.web.api import create_api, is_api, json_error
 from isidorus.web.base import COOKIE, HERE, Host, templates
 from isidorus.web.pages import Pages
 
@@ -40,8 +41,8 @@ async def handle_error(request: Request, exc: Exception) -> Response:
     """The one handler: JSON for the API, a page for browsers."""
     status = exc.http_status if isinstance(exc, IsidorusError) else 500
     message = str(exc) if isinstance(exc, IsidorusError) else "an internal error occurred"
-    if request.url.path.startswith("/api/"):
-        return JSONResponse({"error": message}, status_code=status)
+    if is_api(request.url.path):
+        return json_error(status, message)
     return templates.TemplateResponse(
         request,
         "error.html",
@@ -56,6 +57,7 @@ def create_app(data_dir: str) -> Starlette:
     routes: list[BaseRoute] = [
         *Pages(host, db).routes(),
         *Admin(host, db).routes(),
+        Mount("/api", app=create_api(db)),
         Mount("/static", StaticFiles(directory=os.path.join(HERE, "static")), name="static"),
     ]
     app = Starlette(
