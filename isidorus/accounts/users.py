@@ -15,8 +15,14 @@ from isidorus.accounts.errors import AlreadyExists, InvalidInput, LoginFailed, N
 from isidorus.state.schema import groups, memberships, users
 
 # a login usable everywhere: Unix accounts, LDAP uids, e-mail local parts, URLs
-NAME_RE = re.compile(r"^[a-z][a-z0-9._-]{0,31}$")
-EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s.][^@\s]*$")  # user@localhost is an address too
+NAME_PATTERN = r"^[a-z][a-z0-9._-]{0,31}$"
+# one '@', no space or control character (user@localhost is an address too). Spelled out
+# rather than \s, which means other characters in Python, in Rust (pydantic) and in the
+# JavaScript regexes of the API's OpenAPI document, which carries these patterns
+_NOT_IN_EMAIL = r"@\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+EMAIL_PATTERN = rf"^[^{_NOT_IN_EMAIL}]+@[^.{_NOT_IN_EMAIL}][^{_NOT_IN_EMAIL}]*$"
+NAME_RE = re.compile(NAME_PATTERN)
+EMAIL_RE = re.compile(EMAIL_PATTERN)
 # a real hash of nothing, checked when the name is unknown, so that a login takes as long
 # for a name that does not exist as for a wrong password
 _DUMMY_HASH = passwords.hash_password("isidorus: no such user, still take the time")

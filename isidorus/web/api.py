@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, cast
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -28,7 +28,7 @@ from isidorus.accounts.errors import TokenRefused
 from isidorus.accounts.groups import Group
 from isidorus.accounts.passwords import MAX_LENGTH, MIN_LENGTH
 from isidorus.accounts.tokens import MAX_DAYS, ApiToken
-from isidorus.accounts.users import User
+from isidorus.accounts.users import EMAIL_PATTERN, NAME_PATTERN, User
 from isidorus.errors import IsidorusError
 from isidorus.ops import accounts as ops
 from isidorus.ops import tokens as ops_tokens
@@ -37,10 +37,6 @@ from isidorus.state.db import Database
 from isidorus.web.base import Forbidden
 
 PREFIX = "/api"
-
-# the rules of isidorus.accounts.users, written for the OpenAPI document (ECMA regexes)
-NAME_PATTERN = r"^[a-z][a-z0-9._-]{0,31}$"
-EMAIL_PATTERN = r"^[^@\s]+@[^@\s.][^@\s]*$"
 
 
 def is_api(path: str) -> bool:
@@ -190,6 +186,12 @@ class AuditEntryOut(BaseModel):
         return cls(
             id=e.id, at=e.at, actor=e.actor, action=e.action, target=e.target, detail=e.detail
         )
+
+
+class AuditQuery(Strict):  # an unknown parameter (a typo) is refused, not ignored
+    limit: int = Field(50, ge=1, le=MAX_LIMIT, description="How many entries, at most.")
+    # (SQLite's integers end at 2**63 - 1)
+    before: int | None = Field(None, ge=1, le=2**63 - 1, description="Only older entries.")
 
 
 class AuditPageOut(BaseModel):
@@ -390,19 +392,14 @@ def remove_token(db: Db, who: Auth, name: PathName) -> None:
 
 @router.get("/audit", tags=["audit"])
 def list_audit(
-    request: Request,
-    db: Db,
-    who: Auth,
-    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50,
-    before: Annotated[
-        int | None, Query(ge=1, le=2**63 - 1, description="Only entries older than this id.")
-    ] = None,
+    request: Request, db: Db, who: Auth, query: Annotated[AuditQuery, Query()]
 ) -> AuditPageOut:
     """The audit log, newest first, a page at a time: follow `next` for older entries."""
-    page = ops.list_audit(db, limit=limit, before=before)
+    page = ops.list_audit(db, limit=query.limit, before=query.before)
     nxt = None
     if page.next_before is not None:
-        nxt = f"{request.url.path}?{urlencode({'limit': limit, 'before': page.next_before})}"
+        params = {"limit": query.limit, "before": page.next_before}
+        nxt = f"{request.url.path}?{urlencode(params)}"
     return AuditPageOut(entries=[AuditEntryOut.of(e) for e in page.entries], next=nxt)
 
 
@@ -423,26 +420,20 @@ def _validation_message(exc: RequestValidationError) -> str:
     return f"{where}: {msg}{more}"
 
 
-async def _on_isidorus_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, IsidorusError)
-    return json_error(exc.http_status, str(exc))
-
-
-async def _on_http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    message = {
-        404: f"there is no {request.url.path} in the API: see {PREFIX}/openapi.json",
-        405: f"{request.url.path} does not take {request.method}: see {PREFIX}/openapi.json",
-    }.get(exc.status_code, str(exc.detail))
-    return json_error(exc.status_code, message, exc.headers)
-
-
-async def _on_validation_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, RequestValidationError)
-    return json_error(422, _validation_message(exc))
-
-
-async def _on_internal_error(request: Request, exc: Exception) -> Response:
+async def api_error(request: Request, exc: Exception) -> Response:
+    """Every error of the API as JSON: the API's own, and those of the server around it
+    (a path that reaches no route of the API is answered by the server, not by the API)."""
+    if isinstance(exc, IsidorusError):
+        return json_error(exc.http_status, str(exc))
+    if isinstance(exc, RequestValidationError):
+        return json_error(422, _validation_message(exc))
+    if isinstance(exc, HTTPException):
+        path = quote(request.url.path)  # one line, whatever the path holds
+        message = {
+            404: f"there is no {path} in the API: see {PREFIX}/openapi.json",
+            405: f"{path} does not take {request.method}: see {PREFIX}/openapi.json",
+        }.get(exc.status_code, str(exc.detail))
+        return json_error(exc.status_code, message, exc.headers)
     return json_error(500, "an internal error occurred")
 
 
@@ -458,10 +449,10 @@ def create_api(db: Database) -> FastAPI:
         redoc_url=None,
         redirect_slashes=False,
         exception_handlers={
-            IsidorusError: _on_isidorus_error,
-            HTTPException: _on_http_error,
-            RequestValidationError: _on_validation_error,
-            500: _on_internal_error,
+            IsidorusError: api_error,
+            HTTPException: api_error,
+            RequestValidationError: api_error,
+            500: api_error,
         },
     )
     api.state.db = db

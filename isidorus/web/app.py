@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 from starlette.requests import Request
@@ -15,7 +16,7 @@ from starlette.staticfiles import StaticFiles
 from isidorus.errors import IsidorusError
 from isidorus.ops import accounts as ops
 from isidorus.web.admin import Admin
-from isidorus.web.api import create_api, is_api, json_error
+from isidorus.web.api import api_error, create_api, is_api
 from isidorus.web.base import COOKIE, HERE, Host, templates
 from isidorus.web.pages import Pages
 
@@ -39,15 +40,24 @@ class SecurityHeaders(BaseHTTPMiddleware):
 
 async def handle_error(request: Request, exc: Exception) -> Response:
     """The one handler: JSON for the API, a page for browsers."""
-    status = exc.http_status if isinstance(exc, IsidorusError) else 500
-    message = str(exc) if isinstance(exc, IsidorusError) else "an internal error occurred"
     if is_api(request.url.path):
-        return json_error(status, message)
+        return await api_error(request, exc)
+    headers = None
+    if isinstance(exc, IsidorusError):
+        status, message = exc.http_status, str(exc)
+    elif isinstance(exc, HTTPException):
+        status, headers = exc.status_code, exc.headers
+        message = {404: "there is no such page", 405: "this page cannot do that"}.get(
+            status, str(exc.detail)
+        )
+    else:
+        status, message = 500, "an internal error occurred"
     return templates.TemplateResponse(
         request,
         "error.html",
         {"message": message, "status": status, "host": None, "session": None},
         status_code=status,
+        headers=headers,
     )
 
 
@@ -63,7 +73,11 @@ def create_app(data_dir: str) -> Starlette:
     app = Starlette(
         routes=routes,
         middleware=[Middleware(SecurityHeaders)],
-        exception_handlers={IsidorusError: handle_error, 500: handle_error},
+        exception_handlers={
+            IsidorusError: handle_error,
+            HTTPException: handle_error,
+            500: handle_error,
+        },
     )
     app.state.db = db
     return app
