@@ -303,6 +303,14 @@ def test_errors_are_json(api):
     r = api.patch("/api/v1/users")
     assert_error(r, 405, "PATCH")
     assert "GET" in r.headers["allow"]
+    # a newline in the path: no route of the server matches it, and it still answers JSON
+    assert_error(api.post("/api/v1/users/%0A/disable"), 404)
+
+
+def test_outside_the_api_errors_are_pages(client):
+    r = client.get("/no/such/page")
+    assert r.status_code == 404 and r.headers["content-type"].startswith("text/html")
+    assert "no such page" in r.text
 
 
 def test_a_broken_database_gives_json_not_a_traceback(api, db):
