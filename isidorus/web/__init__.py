@@ -9,6 +9,8 @@ session cookie   `isidorus_session`: a random token (HttpOnly, SameSite=Lax, Sec
 CSRF token       Per session; every form that changes something carries it.
 auth check       nginx's `auth_request` asks `/auth/check` whether the browser may see a
                  service: 200 (with `X-Isidorus-User`), 401 (not logged in) or 403.
+REST API         `/api/v1`, for programs (`api.py`): JSON in and out, an admin's API token
+                 in `Authorization: Bearer`, described by `/api/openapi.json`.
 
 Views parse the request, call one `ops` function and render the result; errors are turned
 into pages (or JSON) in one place, `errors.py`.
