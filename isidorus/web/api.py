@@ -210,7 +210,7 @@ def _utc(t: datetime) -> datetime:
 
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     why = {
-        400: "The input breaks a rule (a password too weak, an admin only action…).",
+        400: "The input breaks a rule (a weak password, a token for one who is not an admin).",
         404: "No such user, group or token.",
         409: "One of that name exists already.",
     }
