@@ -72,3 +72,30 @@ def test_every_setting_is_documented(setting):
     docs = GUIDE + ACCOUNTS_GUIDE
     assert f"`{setting.name}`" in docs or setting.env_name in docs
     assert setting.env_name in docs
+
+
+API_GUIDE = (ROOT / "docs" / "api.md").read_text()
+TOKENS = _commands(cli.commands["token"], "isidorus token")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("name", "cmd"), TOKENS, ids=[n for n, _ in TOKENS])
+def test_every_token_command_has_help_and_docs(name, cmd):
+    assert cmd.help and cmd.help.strip(), f"{name} has no help text"
+    assert name in API_GUIDE, f"docs/api.md does not show `{name}`"
+    for param in cmd.params:
+        if isinstance(param, click.Option):
+            opt = max(param.opts, key=len)
+            assert opt in API_GUIDE, f"docs/api.md does not mention {name} {opt}"
+
+
+def test_every_api_endpoint_is_documented():
+    from fastapi.routing import APIRoute
+
+    from isidorus.web.api import PREFIX, router
+
+    for route in router.routes:
+        assert isinstance(route, APIRoute)
+        for method in route.methods:
+            shown = f"`{method} {PREFIX}{route.path}`"
+            assert shown in API_GUIDE, f"docs/api.md does not show {shown}"
+    assert "api.md" in SERVER_GUIDE

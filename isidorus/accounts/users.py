@@ -15,8 +15,14 @@ from isidorus.accounts.errors import AlreadyExists, InvalidInput, LoginFailed, N
 from isidorus.state.schema import groups, memberships, users
 
 # a login usable everywhere: Unix accounts, LDAP uids, e-mail local parts, URLs
-NAME_RE = re.compile(r"^[a-z][a-z0-9._-]{0,31}$")
-EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s.][^@\s]*$")  # user@localhost is an address too
+NAME_PATTERN = r"^[a-z][a-z0-9._-]{0,31}$"
+# one '@', no space or control character (user@localhost is an address too). Spelled out
+# rather than \s, which means other characters in Python, in Rust (pydantic) and in the
+# JavaScript regexes of the API's OpenAPI document, which carries these patterns
+_NOT_IN_EMAIL = r"@\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+EMAIL_PATTERN = rf"^[^{_NOT_IN_EMAIL}]+@[^.{_NOT_IN_EMAIL}][^{_NOT_IN_EMAIL}]*$"
+NAME_RE = re.compile(NAME_PATTERN)
+EMAIL_RE = re.compile(EMAIL_PATTERN)
 # a real hash of nothing, checked when the name is unknown, so that a login takes as long
 # for a name that does not exist as for a wrong password
 _DUMMY_HASH = passwords.hash_password("isidorus: no such user, still take the time")
@@ -48,7 +54,7 @@ class User:
 
 
 def check_name(name: str, what: str = "user") -> None:
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         raise InvalidInput(
             f"{name!r} is not a valid {what} name: use 1 to 32 lowercase "
             "letters, digits, '.', '_' or '-', starting with a letter"
@@ -56,7 +62,7 @@ def check_name(name: str, what: str = "user") -> None:
 
 
 def check_email(email: str) -> None:
-    if not EMAIL_RE.match(email) or len(email) > 254:
+    if not EMAIL_RE.fullmatch(email) or len(email) > 254:
         raise InvalidInput(f"{email!r} is not an e-mail address")
 
 

@@ -16,6 +16,7 @@ from isidorus import __version__
 from isidorus.cli.accounts import group, init, user
 from isidorus.cli.backup import backup
 from isidorus.cli.server import serve
+from isidorus.cli.tokens import token
 from isidorus.errors import IsidorusError
 
 
@@ -28,6 +29,7 @@ def cli() -> None:
 cli.add_command(init)
 cli.add_command(user)
 cli.add_command(group)
+cli.add_command(token)
 cli.add_command(serve)
 cli.add_command(backup)
 

@@ -15,9 +15,11 @@ from datetime import UTC, datetime
 
 from sqlalchemy import Connection
 
+from isidorus.accounts import audit as audit_
 from isidorus.accounts import groups as groups_
-from isidorus.accounts import sessions, totp
+from isidorus.accounts import sessions, tokens, totp
 from isidorus.accounts import users as users_
+from isidorus.accounts.audit import AuditPage
 from isidorus.accounts.errors import AlreadyExists, Refused
 from isidorus.accounts.groups import Group
 from isidorus.accounts.users import User
@@ -37,6 +39,13 @@ def audit(conn: Connection, actor: str, action: str, target: str = "", detail: s
             at=datetime.now(UTC), actor=actor, action=action, target=target, detail=detail
         )
     )
+
+
+def list_audit(db: Database, *, limit: int = 50, before: int | None = None) -> AuditPage:
+    """The audit log, newest first: up to `limit` entries older than entry `before`.
+    Raises InvalidInput for a limit out of 1 to 500."""
+    with db.write() as conn:
+        return audit_.list_entries(conn, limit=limit, before=before)
 
 
 def new_password() -> str:
@@ -148,9 +157,11 @@ def _keep_an_admin(conn: Connection, name: str) -> None:
 
 
 def remove_user(db: Database, actor: str, name: str) -> None:
+    """Remove a user with their sessions and API tokens."""
     with db.write() as conn:
         _keep_an_admin(conn, name)
         sessions.end_user_sessions(conn, name)
+        tokens.delete_user_tokens(conn, name)
         users_.delete_user(conn, name)
         audit(conn, actor, "user.remove", name)
 

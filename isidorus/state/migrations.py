@@ -26,6 +26,11 @@ def m0002_sessions(conn: Connection) -> None:
     schema.sessions.create(conn)
 
 
+def m0003_api_tokens(conn: Connection) -> None:
+    """API tokens: one row per token, found by its hash, owned by an admin."""
+    schema.api_tokens.create(conn)
+
+
 def m0006_second_factor(conn: Connection) -> None:
     """TOTP: the last accepted time step per user, and logins waiting for their code."""
     schema.totp_steps.create(conn)
@@ -35,6 +40,7 @@ def m0006_second_factor(conn: Connection) -> None:
 MIGRATIONS: tuple[tuple[str, Migration], ...] = (
     ("0001_accounts", m0001_accounts),
     ("0002_sessions", m0002_sessions),
+    ("0003_api_tokens", m0003_api_tokens),
     ("0006_second_factor", m0006_second_factor),
 )
 

@@ -11,6 +11,8 @@ language         English or French: the `isidorus_lang` cookie (set by `/lang/<c
                  the host's `language` setting; see `i18n.py`.
 auth check       nginx's `auth_request` asks `/auth/check` whether the browser may see a
                  service: 200 (with `X-Isidorus-User`), 401 (not logged in) or 403.
+REST API         `/api/v1`, for programs (`api.py`): JSON in and out, an admin's API token
+                 in `Authorization: Bearer`, described by `/api/openapi.json`.
 
 Views parse the request, call one `ops` function and render the result; errors are turned
 into pages (or JSON) in one place, `errors.py`.

@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -16,6 +17,7 @@ from isidorus.errors import IsidorusError
 from isidorus.ops import accounts as ops
 from isidorus.web import i18n
 from isidorus.web.admin import Admin
+from isidorus.web.api import api_error, create_api, is_api
 from isidorus.web.base import COOKIE, HERE, Host, templates
 from isidorus.web.i18n import gettext
 from isidorus.web.pages import Pages
@@ -58,21 +60,27 @@ class SecurityHeaders:
 
 async def handle_error(request: Request, exc: Exception) -> Response:
     """The one handler: JSON for the API, a page for browsers."""
-    status = exc.http_status if isinstance(exc, IsidorusError) else 500
-    if request.url.path.startswith("/api/"):
-        message = str(exc) if isinstance(exc, IsidorusError) else "an internal error occurred"
-        return JSONResponse({"error": message}, status_code=status)
+    if is_api(request.url.path):
+        return await api_error(request, exc)
     # an unexpected error reaches here outside LanguageMiddleware: choose again
     with i18n.use(i18n.choose(request, request.app.state.host.language)):
+        headers = None
         if isinstance(exc, IsidorusError):
-            message = i18n.message_of(exc)
+            status, message = exc.http_status, i18n.message_of(exc)
+        elif isinstance(exc, HTTPException):
+            status, headers = exc.status_code, exc.headers
+            message = {
+                404: gettext("there is no such page"),
+                405: gettext("this page cannot do that"),
+            }.get(status, str(exc.detail))
         else:
-            message = gettext("an internal error occurred")
+            status, message = 500, gettext("an internal error occurred")
         return templates.TemplateResponse(
             request,
             "error.html",
             {"message": message, "status": status, "host": None, "session": None},
             status_code=status,
+            headers=headers,
         )
 
 
@@ -83,6 +91,7 @@ def create_app(data_dir: str) -> Starlette:
     routes: list[BaseRoute] = [
         *Pages(host, db).routes(),
         *Admin(host, db).routes(),
+        Mount("/api", app=create_api(db)),
         Mount("/static", StaticFiles(directory=os.path.join(HERE, "static")), name="static"),
     ]
     app = Starlette(
@@ -91,7 +100,11 @@ def create_app(data_dir: str) -> Starlette:
             Middleware(i18n.LanguageMiddleware, default=host.language),
             Middleware(SecurityHeaders),
         ],
-        exception_handlers={IsidorusError: handle_error, 500: handle_error},
+        exception_handlers={
+            IsidorusError: handle_error,
+            HTTPException: handle_error,
+            500: handle_error,
+        },
     )
     app.state.db = db
     app.state.host = host

@@ -20,7 +20,15 @@ def test_migrate_applies_each_migration_once(state_url):
             tables = set(inspect(conn).get_table_names())
     finally:
         db.close()
-    assert {"users", "groups", "memberships", "audit_log", "migrations"} <= tables
+    assert {
+        "users",
+        "groups",
+        "memberships",
+        "audit_log",
+        "sessions",
+        "api_tokens",
+        "migrations",
+    } <= tables
 
 
 # a process that opens the database, waits for the word on stdin, migrates, and prints
