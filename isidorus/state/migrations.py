@@ -26,9 +26,17 @@ def m0002_sessions(conn: Connection) -> None:
     schema.sessions.create(conn)
 
 
+def m0004_oidc(conn: Connection) -> None:
+    """OpenID Connect: the registered services, the codes and access tokens issued to
+    them (by hash), and each user's stable subject identifier."""
+    for table in (schema.oidc_clients, schema.oidc_codes, schema.oidc_tokens, schema.oidc_subjects):
+        table.create(conn)
+
+
 MIGRATIONS: tuple[tuple[str, Migration], ...] = (
     ("0001_accounts", m0001_accounts),
     ("0002_sessions", m0002_sessions),
+    ("0004_oidc", m0004_oidc),
 )
 
 

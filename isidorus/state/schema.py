@@ -72,3 +72,50 @@ sessions = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("expires_at", DateTime(timezone=True), nullable=False),
 )
+
+# -- OpenID Connect: the services that sign their users in through isidorus
+
+oidc_clients = Table(
+    "oidc_clients",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("client_id", String(64), nullable=False, unique=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("secret_hash", String(64), nullable=True),  # SHA-256; NULL for a public client
+    Column("redirect_uris", Text, nullable=False),  # JSON list, matched exactly
+    Column("allowed_groups", Text, nullable=False),  # JSON list of names; [] = every member
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+oidc_codes = Table(
+    "oidc_codes",
+    metadata,
+    Column("id", String(64), primary_key=True),  # SHA-256 of the code
+    Column("client", Integer, ForeignKey("oidc_clients.id", ondelete="CASCADE"), nullable=False),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("redirect_uri", Text, nullable=False),
+    Column("scope", Text, nullable=False),
+    Column("nonce", Text, nullable=True),
+    Column("code_challenge", String(128), nullable=False),  # S256 only
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("used_at", DateTime(timezone=True), nullable=True),  # kept to catch a replay
+)
+
+oidc_tokens = Table(
+    "oidc_tokens",
+    metadata,
+    Column("id", String(64), primary_key=True),  # SHA-256 of the access token
+    Column("client", Integer, ForeignKey("oidc_clients.id", ondelete="CASCADE"), nullable=False),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("code", String(64), nullable=False),  # the code it was issued for
+    Column("scope", Text, nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+)
+
+oidc_subjects = Table(
+    "oidc_subjects",
+    metadata,
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    Column("sub", String(64), nullable=False, unique=True),
+)

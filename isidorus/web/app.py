@@ -15,7 +15,8 @@ from starlette.staticfiles import StaticFiles
 from isidorus.errors import IsidorusError
 from isidorus.ops import accounts as ops
 from isidorus.web.admin import Admin
-from isidorus.web.base import COOKIE, HERE, Host, templates
+from isidorus.web.base import COOKIE, HERE, Host, content_security_policy, templates
+from isidorus.web.oidc import Oidc
 from isidorus.web.pages import Pages
 
 __all__ = ["COOKIE", "create_app"]
@@ -26,11 +27,7 @@ class SecurityHeaders(BaseHTTPMiddleware):
 
     async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
         response = await call_next(request)
-        response.headers.setdefault(
-            "Content-Security-Policy",
-            "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
-            "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-        )
+        response.headers.setdefault("Content-Security-Policy", content_security_policy())
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "same-origin")
         return response
@@ -56,6 +53,7 @@ def create_app(data_dir: str) -> Starlette:
     routes: list[BaseRoute] = [
         *Pages(host, db).routes(),
         *Admin(host, db).routes(),
+        *Oidc(host, db).routes(),
         Mount("/static", StaticFiles(directory=os.path.join(HERE, "static")), name="static"),
     ]
     app = Starlette(

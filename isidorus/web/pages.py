@@ -4,6 +4,7 @@ the single sign-on answer for nginx."""
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -12,8 +13,9 @@ from starlette.routing import Route
 from isidorus.accounts.errors import InvalidInput, LoginFailed
 from isidorus.accounts.sessions import Session
 from isidorus.ops import accounts as ops
+from isidorus.ops import oidc
 from isidorus.state.db import Database
-from isidorus.web.base import COOKIE, CSRF_COOKIE, Host, Views
+from isidorus.web.base import COOKIE, CSRF_COOKIE, Host, Views, content_security_policy
 from isidorus.web.ratelimit import Throttle
 
 
@@ -47,8 +49,8 @@ class Pages(Views):
 
     async def login_form(self, request: Request) -> Response:
         csrf = request.cookies.get(CSRF_COOKIE) or os.urandom(16).hex()
-        response = self.page(
-            request, "login.html", csrf=csrf, next=safe_next(request.query_params.get("next", ""))
+        response = self.login_page(
+            request, safe_next(request.query_params.get("next", "")), csrf=csrf
         )
         response.set_cookie(
             CSRF_COOKIE, csrf, httponly=True, samesite="strict", secure=self.host.secure_cookies
@@ -61,12 +63,11 @@ class Pages(Views):
         address = request.client.host if request.client else "?"
         nxt = safe_next(form.get("next", ""))
         if self.user_throttle.blocked(name) or self.address_throttle.blocked(address):
-            return self.page(
+            return self.login_page(
                 request,
-                "login.html",
+                nxt,
                 status=429,
                 csrf=form["csrf"],
-                next=nxt,
                 error="too many failed attempts: wait a quarter of an hour",
             )
         try:
@@ -74,18 +75,21 @@ class Pages(Views):
         except LoginFailed as exc:
             self.user_throttle.failed(name)
             self.address_throttle.failed(address)
-            return self.page(
-                request,
-                "login.html",
-                status=401,
-                csrf=form["csrf"],
-                next=nxt,
-                error=str(exc),
-                name=name,
+            return self.login_page(
+                request, nxt, status=401, csrf=form["csrf"], error=str(exc), name=name
             )
         self.user_throttle.succeeded(name)
         response = RedirectResponse(nxt, status_code=303)
         self.set_cookie(response, token)
+        return response
+
+    def login_page(self, request: Request, nxt: str, status: int = 200, **context: Any) -> Response:
+        response = self.page(request, "login.html", status=status, next=nxt, **context)
+        # a login on the way to a service's sign-in ends in a redirection to that service,
+        # which the form's CSP must allow
+        origin = oidc.redirect_origin(self.db, nxt)
+        if origin:
+            response.headers["Content-Security-Policy"] = content_security_policy((origin,))
         return response
 
     async def logout(self, request: Request) -> Response:
