@@ -41,6 +41,11 @@ def client() -> None:
 @click.option(
     "--public", is_flag=True, help="A public client (an app that cannot keep a secret): PKCE only."
 )
+@click.option(
+    "--no-pkce",
+    is_flag=True,
+    help="Let a confidential client sign in without PKCE (for a service that cannot send it).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def client_add(
     db: Database,
@@ -48,10 +53,13 @@ def client_add(
     redirect_uris: tuple[str, ...],
     groups: tuple[str, ...],
     public: bool,
+    no_pkce: bool,
     as_json: bool,
 ) -> None:
     """Register service NAME; prints its client id and secret (shown once)."""
-    new = ops.add_client(db, _actor(), name, redirect_uris, groups, public=public)
+    new = ops.add_client(
+        db, _actor(), name, redirect_uris, groups, public=public, pkce_required=not no_pkce
+    )
     if as_json:
         print_json({**new.client.to_json(), "client_secret": new.secret})
         return
@@ -72,7 +80,7 @@ def client_list(db: Database, as_json: bool) -> None:
         print_json([c.to_json() for c in clients])
         return
     for c in clients:
-        kind = "public" if c.public else "confidential"
+        kind = "public" if c.public else "confidential" if c.pkce_required else "no-pkce"
         groups = ",".join(c.allowed_groups) or "every member"
         click.echo(
             f"{c.name:20} {c.client_id:24} {kind:12} {groups:20} {' '.join(c.redirect_uris)}"

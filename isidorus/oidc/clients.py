@@ -33,6 +33,7 @@ class Client:
     redirect_uris: tuple[str, ...]
     allowed_groups: tuple[str, ...]  # empty: every member
     created_at: datetime
+    pkce_required: bool = True
     secret_hash: str | None = field(default=None, repr=False)
 
     @property
@@ -64,6 +65,7 @@ class Client:
             "public": self.public,
             "redirect_uris": list(self.redirect_uris),
             "allowed_groups": list(self.allowed_groups),
+            "pkce_required": self.pkce_required,
             "created_at": self.created_at.isoformat(),
         }
 
@@ -116,6 +118,7 @@ def _client(row: Any) -> Client:
         tuple(json.loads(row.redirect_uris)),
         tuple(json.loads(row.allowed_groups)),
         created,
+        bool(row.pkce_required),
         row.secret_hash,
     )
 
@@ -127,10 +130,14 @@ def create_client(
     allowed_groups: list[str] | tuple[str, ...] = (),
     *,
     public: bool = False,
+    pkce_required: bool = True,
 ) -> tuple[Client, str | None]:
     """Register a client; returns it and its secret (None for a public client). The
-    secret is not stored, only its hash: it is shown this once."""
+    secret is not stored, only its hash: it is shown this once. Only a confidential
+    client may be let off PKCE, for a service that cannot send it."""
     check_name(name, "client")
+    if public and not pkce_required:
+        raise InvalidInput("a public client has no secret, so it must use PKCE: drop --no-pkce")
     uris = list(dict.fromkeys(redirect_uris))
     if not uris:
         raise InvalidInput("a client needs at least one redirect URI (--redirect-uri)")
@@ -151,6 +158,7 @@ def create_client(
                     secret_hash=None if secret is None else _hash(secret),
                     redirect_uris=json.dumps(uris),
                     allowed_groups=json.dumps(allowed),
+                    pkce_required=pkce_required,
                     created_at=datetime.now(UTC),
                 )
             )

@@ -163,7 +163,7 @@ class _Code(AuthorizationCodeMixin):  # type: ignore[misc]
     def __init__(self, code: tokens.Code) -> None:
         self.code = code
         self.code_challenge = code.code_challenge
-        self.code_challenge_method = "S256"
+        self.code_challenge_method = "S256" if code.code_challenge else None
 
     def get_redirect_uri(self) -> str:
         return self.code.redirect_uri
@@ -174,8 +174,9 @@ class _Code(AuthorizationCodeMixin):  # type: ignore[misc]
     def get_nonce(self) -> str | None:
         return self.code.nonce
 
-    def get_auth_time(self) -> None:
-        return None  # the login's time is not kept with the session
+    def get_auth_time(self) -> int | None:
+        when = self.code.auth_time
+        return None if when is None else int(when.timestamp())
 
 
 class _Token(TokenMixin):  # type: ignore[misc]
@@ -207,7 +208,8 @@ class _CodeGrant(AuthorizationCodeGrant):  # type: ignore[misc]
             redirect_uri=request.payload.redirect_uri or "",
             scope=request.scope or "",
             nonce=request.payload.data.get("nonce"),
-            code_challenge=request.payload.data["code_challenge"],
+            code_challenge=request.payload.data.get("code_challenge"),
+            auth_time=self.server.auth_time,
         )
         self.server.issued_to = client.name
 
@@ -226,14 +228,18 @@ class _CodeGrant(AuthorizationCodeGrant):  # type: ignore[misc]
 
 
 class _S256Only(CodeChallenge):  # type: ignore[misc]
-    """PKCE for every client, with S256: `plain` shows the verifier to whoever sees the
-    authorization request, so it proves nothing."""
+    """PKCE with S256 (`plain` shows the verifier to whoever sees the authorization
+    request, so it proves nothing), for every client but the confidential ones
+    registered with --no-pkce."""
 
     SUPPORTED_CODE_CHALLENGE_METHOD = ["S256"]
     DEFAULT_CODE_CHALLENGE_METHOD = "S256"
 
     def validate_code_challenge(self, grant: _CodeGrant, redirect_uri: str) -> None:
         data = grant.request.payload.data
+        client: Client = grant.request.client.client
+        if not client.pkce_required and "code_challenge" not in data:
+            return
         if not data.get("code_challenge"):
             raise InvalidRequestError("PKCE is required: send 'code_challenge' (S256).")
         if data.get("code_challenge_method") != "S256":
@@ -294,6 +300,7 @@ class _Server(AuthorizationServer):  # type: ignore[misc]
         super().__init__(scopes_supported=list(claims.SCOPES))
         self.conn, self.options = conn, options
         self.issued_to = ""  # the name of the client a code was issued to
+        self.auth_time: datetime | None = None  # when the user of the request logged in
         self.register_token_generator(
             "default",
             BearerTokenGenerator(
@@ -355,9 +362,12 @@ class Provider:
                 'set url = "https://…" in isidorus.toml'
             )
 
-    def authorize(self, request: Request, user: User | None) -> Answer:
-        """Answer an authorization request for `user` (None when not logged in): a
-        redirection to the client with a code, or with an error the client may see.
+    def authorize(
+        self, request: Request, user: User | None, auth_time: datetime | None = None
+    ) -> Answer:
+        """Answer an authorization request for `user` (None when not logged in), who
+        logged in at `auth_time`: a redirection to the client with a code, or with an
+        error the client may see.
         Raises BadAuthorizationRequest when the client cannot be told (unknown client,
         unregistered redirect URI), LoginRequired, or NotPermitted."""
         try:
@@ -376,6 +386,7 @@ class Provider:
                 f"{user.name} may not use {client.name}: an admin can add you to one of "
                 f"its groups ({', '.join(client.allowed_groups)})"
             )
+        self.server.auth_time = auth_time
         answer: Answer = self.server.create_authorization_response(request, user, grant)
         return Answer(answer.status, answer.body, answer.headers, self.server.issued_to)
 

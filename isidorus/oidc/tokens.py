@@ -37,7 +37,8 @@ class Code:
     redirect_uri: str
     scope: str
     nonce: str | None
-    code_challenge: str
+    code_challenge: str | None
+    auth_time: datetime | None
     created_at: datetime
 
 
@@ -58,7 +59,8 @@ def save_code(
     redirect_uri: str,
     scope: str,
     nonce: str | None,
-    code_challenge: str,
+    code_challenge: str | None,
+    auth_time: datetime | None,
     now: datetime | None = None,
 ) -> None:
     now = now or datetime.now(UTC)
@@ -72,6 +74,7 @@ def save_code(
             scope=scope,
             nonce=nonce,
             code_challenge=code_challenge,
+            auth_time=auth_time,
             created_at=now,
             expires_at=now + CODE_LIFETIME,
         )
@@ -104,6 +107,7 @@ def find_code(
         row.scope,
         row.nonce,
         row.code_challenge,
+        None if row.auth_time is None else _aware(row.auth_time),
         _aware(row.created_at),
     )
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from isidorus.accounts.users import User
+from isidorus.accounts.sessions import Session
 from isidorus.oidc import clients as clients_
 from isidorus.oidc.clients import Client
 from isidorus.oidc.keys import jwks as jwks_of
@@ -62,13 +62,16 @@ def add_client(
     allowed_groups: list[str] | tuple[str, ...] = (),
     *,
     public: bool = False,
+    pkce_required: bool = True,
 ) -> NewClient:
-    """Register a service. Its secret is returned here and never again."""
+    """Register a service. Its secret is returned here and never again. Raises
+    InvalidInput (a bad name, redirect URI or group) or ClientExists."""
     with db.write() as conn:
         client, secret = clients_.create_client(
-            conn, name, redirect_uris, allowed_groups, public=public
+            conn, name, redirect_uris, allowed_groups, public=public, pkce_required=pkce_required
         )
-        audit(conn, actor, "oidc.client.add", name, "public" if public else "")
+        flags = [f for f, on in (("public", public), ("no-pkce", not pkce_required)) if on]
+        audit(conn, actor, "oidc.client.add", name, ",".join(flags))
         return NewClient(client, secret)
 
 
@@ -102,13 +105,15 @@ def jwks(options: ProviderOptions) -> dict[str, Any]:
 
 
 def authorize(
-    db: Database, options: ProviderOptions, request: Request, user: User | None
+    db: Database, options: ProviderOptions, request: Request, session: Session | None
 ) -> Answer:
-    """An authorization request by the logged-in `user` (None: nobody is). Raises
+    """An authorization request in a login `session` (None: nobody is logged in). Raises
     BadAuthorizationRequest, LoginRequired or NotPermitted; anything else is answered
     to the client through the browser. A sign-in is written to the audit log."""
     with db.write() as conn:
-        answer = Provider(conn, options).authorize(request, user)
+        user = session.user if session else None
+        auth_time = session.started_at if session else None
+        answer = Provider(conn, options).authorize(request, user, auth_time)
         if answer.issued_to and user is not None:
             audit(conn, user.name, "oidc.sign-in", answer.issued_to)
         return answer

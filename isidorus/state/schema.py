@@ -84,6 +84,7 @@ oidc_clients = Table(
     Column("secret_hash", String(64), nullable=True),  # SHA-256; NULL for a public client
     Column("redirect_uris", Text, nullable=False),  # JSON list, matched exactly
     Column("allowed_groups", Text, nullable=False),  # JSON list of names; [] = every member
+    Column("pkce_required", Boolean, nullable=False, default=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
 )
 
@@ -96,7 +97,8 @@ oidc_codes = Table(
     Column("redirect_uri", Text, nullable=False),
     Column("scope", Text, nullable=False),
     Column("nonce", Text, nullable=True),
-    Column("code_challenge", String(128), nullable=False),  # S256 only
+    Column("code_challenge", String(128), nullable=True),  # S256 only; None: no PKCE
+    Column("auth_time", DateTime(timezone=True), nullable=True),  # when the user logged in
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("expires_at", DateTime(timezone=True), nullable=False),
     Column("used_at", DateTime(timezone=True), nullable=True),  # kept to catch a replay

@@ -74,13 +74,12 @@ class Oidc(Views):
             form = [(k, v) for k, v in (await request.form()).multi_items() if isinstance(v, str)]
             params = [*request.query_params.multi_items(), *form]
             return RedirectResponse(f"{AUTHORIZE_PATH}?{urlencode(params)}", status_code=303)
-        session = self.session(request)
         try:
             answer = ops.authorize(
                 self.db,
                 self.options(),
                 await self.provider_request(request),
-                session.user if session else None,
+                self.session(request),
             )
         except LoginRequired:
             here = f"{request.url.path}?{request.url.query}"

@@ -84,6 +84,7 @@ BAD_INPUT = [
     (("add", "x"), 2, "--redirect-uri"),
     (("add", "taken", "--redirect-uri", CB), 1, "exists already"),
     (("remove", "nothing"), 1, "no client 'nothing'"),
+    (("add", "x", "--redirect-uri", CB, "--public", "--no-pkce"), 2, "must use PKCE"),
 ]
 
 

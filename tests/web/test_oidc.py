@@ -22,7 +22,7 @@ from starlette.testclient import TestClient
 from isidorus.oidc.keys import KEY_NAME
 from isidorus.ops import accounts as accounts_ops
 from isidorus.ops import oidc as ops
-from isidorus.state.schema import audit_log, oidc_codes
+from isidorus.state.schema import audit_log, oidc_codes, sessions
 from isidorus.web.app import create_app
 
 BASE = "https://localhost"
@@ -140,6 +140,8 @@ def exchange(service, sign_in, code, secret=None, how="basic", verifier=None, **
         "code_verifier": sign_in.verifier if verifier is None else verifier,
         **extra,
     }
+    if not form["code_verifier"]:
+        del form["code_verifier"]
     auth = None
     if secret is not None and how == "basic":
         auth = (sign_in.client_id, secret)
@@ -222,13 +224,20 @@ def test_a_full_sign_in(host, browser, service):
         service.get("/oidc/userinfo", headers={"Authorization": "Bearer nope"}).status_code == 401
     )
 
-    # the second sign-in needs no login: the session is enough; the subject stays
+    # the second sign-in needs no login: the session is enough; the subject stays, and
+    # auth_time is when the session's login was
+    assert now - 60 < claims["auth_time"] <= claims["iat"]
+    logged_in = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    db = accounts_ops.open_state(host["dir"])
+    with db.write() as conn:
+        conn.execute(update(sessions).values(created_at=logged_in))
+    db.close()
     again = SignIn(gitea.client.client_id)
     code = sign_in_code(browser, again)
-    claims2 = jwt.decode(
-        exchange(service, again, code, gitea.secret).json()["id_token"], keys
-    ).claims
+    tokens2 = exchange(service, again, code, gitea.secret).json()
+    claims2 = jwt.decode(tokens2["id_token"], keys).claims
     assert claims2["sub"] == claims["sub"] and claims2["nonce"] == again.nonce
+    assert claims2["auth_time"] == int(logged_in.timestamp())
 
     db = accounts_ops.open_state(host["dir"])
     with db.write() as conn:
@@ -305,6 +314,28 @@ def test_pkce_s256_is_required(host, browser, override, words):
     q = parse_qs(target.query)
     assert q["error"] == ["invalid_request"] and q["state"] == [sign_in.state]
     assert words in q["error_description"][0] and "code" not in q
+
+
+def test_a_client_let_off_pkce(host, browser, service):
+    db = accounts_ops.open_state(host["dir"])
+    legacy = ops.add_client(db, "test", "legacy", [GITEA_CB], pkce_required=False)
+    db.close()
+    sign_in = SignIn(legacy.client.client_id)
+    without = {"code_challenge": None, "code_challenge_method": None}
+    login_through(browser, "/login")
+    code = code_from(browser.get(sign_in.url(**without), follow_redirects=False), sign_in)
+    r = exchange(service, sign_in, code, legacy.secret, verifier="")
+    assert r.status_code == 200 and "id_token" in r.json()
+    # it still may not use `plain`, and a challenge it sends is checked
+    r = browser.get(
+        sign_in.url(code_challenge=sign_in.verifier, code_challenge_method="plain"),
+        follow_redirects=False,
+    )
+    assert "error=invalid_request" in r.headers["location"]
+    sign_in = SignIn(legacy.client.client_id)  # a new nonce: a nonce seen twice is a replay
+    code = code_from(browser.get(sign_in.url(), follow_redirects=False), sign_in)
+    r = exchange(service, sign_in, code, legacy.secret, verifier="")
+    assert r.status_code == 400 and r.json()["error"] == "invalid_request"
 
 
 def test_requests_the_client_cannot_be_told_of_stay_here(host, browser):
