@@ -376,7 +376,8 @@ class Provider:
             if exc.redirect_uri:
                 return self.server.handle_error_response(request, exc)  # type: ignore[no-any-return]
             raise BadAuthorizationRequest(
-                f"the service's sign-in request was refused: {exc.description or exc.error}"
+                f"the service's sign-in request was refused: {exc.description or exc.error} "
+                "(its OpenID settings must match its registration: `isidorus oidc client list`)"
             ) from None
         if user is None:
             raise LoginRequired("log in first")

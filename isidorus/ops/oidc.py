@@ -45,10 +45,13 @@ def issuer_of(config: dict[str, Any]) -> str:
 
 
 def provider_options(data_dir: str) -> ProviderOptions:
-    """The provider's issuer and signing key (made on first use)."""
+    """The provider's issuer and signing key (made on first use). Raises InsecureIssuer
+    for an issuer that is not HTTPS."""
     with open(os.path.join(data_dir, CONFIG_NAME), "rb") as f:
         config = tomllib.load(f)
-    return ProviderOptions(issuer_of(config), signing_key(data_dir))
+    issuer = issuer_of(config)
+    Provider.check_issuer(issuer)
+    return ProviderOptions(issuer, signing_key(data_dir))
 
 
 # -- clients
@@ -96,7 +99,6 @@ def remove_client(db: Database, actor: str, name: str) -> None:
 
 
 def discovery(options: ProviderOptions) -> dict[str, Any]:
-    Provider.check_issuer(options.issuer)
     return metadata(options)
 
 
