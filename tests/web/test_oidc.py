@@ -440,6 +440,13 @@ def test_leaving_the_group_or_removing_the_client_ends_access(host, browser, ser
     assert r.status_code == 400
 
 
+def test_prompt_none_without_a_session(host, browser):
+    sign_in = SignIn(host["gitea"].client.client_id)
+    r = browser.get(sign_in.url(prompt="none"), follow_redirects=False)
+    assert r.status_code == 302 and r.headers["location"].startswith(GITEA_CB + "?")
+    assert parse_qs(urlsplit(r.headers["location"]).query)["error"] == ["login_required"]
+
+
 def test_a_posted_authorization_request_becomes_its_get(host, browser):
     sign_in = SignIn(host["gitea"].client.client_id)
     params = parse_qs(urlsplit(sign_in.url()).query)
