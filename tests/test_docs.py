@@ -66,6 +66,25 @@ def test_every_account_command_has_help_and_docs(name, cmd):
             assert opt in ACCOUNTS_GUIDE, f"docs/accounts.md does not mention {name} {opt}"
 
 
+OIDC_GUIDE = (ROOT / "docs" / "oidc.md").read_text()
+OIDC = _commands(cli.commands["oidc"], "isidorus oidc")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("name", "cmd"), OIDC, ids=[n for n, _ in OIDC])
+def test_every_oidc_command_has_help_and_docs(name, cmd):
+    assert cmd.help and cmd.help.strip(), f"{name} has no help text"
+    if not isinstance(cmd, click.Group):
+        assert name in OIDC_GUIDE, f"docs/oidc.md does not show `{name}`"
+        for param in cmd.params:
+            if isinstance(param, click.Option):
+                opt = max(param.opts, key=len)
+                assert opt in OIDC_GUIDE, f"docs/oidc.md does not mention {name} {opt}"
+
+
+def test_the_oidc_guide_is_linked_from_the_server_guide():
+    assert "(oidc.md)" in SERVER_GUIDE
+
+
 @pytest.mark.parametrize("setting", SETTINGS, ids=[s.name for s in SETTINGS])
 def test_every_setting_is_documented(setting):
     assert setting.help

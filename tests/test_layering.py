@@ -32,3 +32,13 @@ def test_engine_imports_only_itself_and_errors(path):
         if "remote" in path.parts and name.startswith("isidorus.backup."):
             allowed = ("isidorus.backup.remote", "isidorus.backup.errors")
             assert name.startswith(allowed), f"remote/{path.name} imports {name}"
+
+
+OIDC = sorted((PKG / "oidc").rglob("*.py"))
+FRONTENDS = ("isidorus.web", "isidorus.cli", "isidorus.ops", "starlette", "click")
+
+
+@pytest.mark.parametrize("path", OIDC, ids=[str(p.relative_to(PKG)) for p in OIDC])
+def test_the_oidc_core_knows_no_frontend(path):
+    for name in _imports(path):
+        assert not name.startswith(FRONTENDS), f"oidc/{path.name} imports {name}"

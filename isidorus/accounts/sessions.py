@@ -24,6 +24,7 @@ LIFETIME = timedelta(days=14)
 class Session:
     user: User
     csrf: str
+    started_at: datetime | None = None  # when the user logged in (OpenID's auth_time)
 
 
 def _key(token: str) -> str:
@@ -49,7 +50,13 @@ def find_session(conn: Connection, token: str, *, now: datetime | None = None) -
     if not token or len(token) > 100:
         return None
     row = conn.execute(
-        select(sessions.c.csrf, sessions.c.expires_at, users.c.name, users.c.disabled)
+        select(
+            sessions.c.csrf,
+            sessions.c.created_at,
+            sessions.c.expires_at,
+            users.c.name,
+            users.c.disabled,
+        )
         .join(users, users.c.id == sessions.c.user_id)
         .where(sessions.c.id == _key(token))
     ).first()
@@ -59,7 +66,8 @@ def find_session(conn: Connection, token: str, *, now: datetime | None = None) -
     expires = row.expires_at if row.expires_at.tzinfo else row.expires_at.replace(tzinfo=UTC)
     if expires <= now:
         return None
-    return Session(get_user(conn, row.name), row.csrf)
+    started = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)
+    return Session(get_user(conn, row.name), row.csrf, started)
 
 
 def end_session(conn: Connection, token: str) -> None:

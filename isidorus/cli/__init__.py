@@ -15,6 +15,7 @@ import click
 from isidorus import __version__
 from isidorus.cli.accounts import group, init, user
 from isidorus.cli.backup import backup
+from isidorus.cli.oidc import oidc
 from isidorus.cli.server import serve
 from isidorus.cli.tokens import token
 from isidorus.errors import IsidorusError
@@ -32,6 +33,7 @@ cli.add_command(group)
 cli.add_command(token)
 cli.add_command(serve)
 cli.add_command(backup)
+cli.add_command(oidc)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -31,6 +31,13 @@ def m0003_api_tokens(conn: Connection) -> None:
     schema.api_tokens.create(conn)
 
 
+def m0004_oidc(conn: Connection) -> None:
+    """OpenID Connect: the registered services, the codes and access tokens issued to
+    them (by hash), and each user's stable subject identifier."""
+    for table in (schema.oidc_clients, schema.oidc_codes, schema.oidc_tokens, schema.oidc_subjects):
+        table.create(conn)
+
+
 def m0006_second_factor(conn: Connection) -> None:
     """TOTP: the last accepted time step per user, and logins waiting for their code."""
     schema.totp_steps.create(conn)
@@ -41,6 +48,7 @@ MIGRATIONS: tuple[tuple[str, Migration], ...] = (
     ("0001_accounts", m0001_accounts),
     ("0002_sessions", m0002_sessions),
     ("0003_api_tokens", m0003_api_tokens),
+    ("0004_oidc", m0004_oidc),
     ("0006_second_factor", m0006_second_factor),
 )
 

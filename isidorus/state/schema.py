@@ -106,3 +106,52 @@ api_tokens = Table(
     Column("last_used_at", UtcDateTime(), nullable=True),
     Column("expires_at", UtcDateTime(), nullable=True),
 )
+
+# -- OpenID Connect: the services that sign their users in through isidorus
+
+oidc_clients = Table(
+    "oidc_clients",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("client_id", String(64), nullable=False, unique=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("secret_hash", String(64), nullable=True),  # SHA-256; NULL for a public client
+    Column("redirect_uris", Text, nullable=False),  # JSON list, matched exactly
+    Column("allowed_groups", Text, nullable=False),  # JSON list of names; [] = every member
+    Column("pkce_required", Boolean, nullable=False, default=True),
+    Column("created_at", UtcDateTime(), nullable=False),
+)
+
+oidc_codes = Table(
+    "oidc_codes",
+    metadata,
+    Column("id", String(64), primary_key=True),  # SHA-256 of the code
+    Column("client", Integer, ForeignKey("oidc_clients.id", ondelete="CASCADE"), nullable=False),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("redirect_uri", Text, nullable=False),
+    Column("scope", Text, nullable=False),
+    Column("nonce", Text, nullable=True),
+    Column("code_challenge", String(128), nullable=True),  # S256 only; None: no PKCE
+    Column("auth_time", UtcDateTime(), nullable=True),  # when the user logged in
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("expires_at", UtcDateTime(), nullable=False),
+    Column("used_at", UtcDateTime(), nullable=True),  # kept to catch a replay
+)
+
+oidc_tokens = Table(
+    "oidc_tokens",
+    metadata,
+    Column("id", String(64), primary_key=True),  # SHA-256 of the access token
+    Column("client", Integer, ForeignKey("oidc_clients.id", ondelete="CASCADE"), nullable=False),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("code", String(64), nullable=False),  # the code it was issued for
+    Column("scope", Text, nullable=False),
+    Column("expires_at", UtcDateTime(), nullable=False),
+)
+
+oidc_subjects = Table(
+    "oidc_subjects",
+    metadata,
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    Column("sub", String(64), nullable=False, unique=True),
+)

@@ -13,6 +13,9 @@ auth check       nginx's `auth_request` asks `/auth/check` whether the browser m
                  service: 200 (with `X-Isidorus-User`), 401 (not logged in) or 403.
 REST API         `/api/v1`, for programs (`api.py`): JSON in and out, an admin's API token
                  in `Authorization: Bearer`, described by `/api/openapi.json`.
+OpenID provider  `/oidc/…` and `/.well-known/openid-configuration`: services that speak
+                 OpenID Connect sign members in through the same login session
+                 (`oidc.py`, over `isidorus.oidc`).
 
 Views parse the request, call one `ops` function and render the result; errors are turned
 into pages (or JSON) in one place, `errors.py`.

@@ -18,19 +18,16 @@ from isidorus.ops import accounts as ops
 from isidorus.web import i18n
 from isidorus.web.admin import Admin
 from isidorus.web.api import api_error, create_api, is_api
-from isidorus.web.base import COOKIE, HERE, Host, templates
+from isidorus.web.base import COOKIE, HERE, Host, content_security_policy, templates
 from isidorus.web.i18n import gettext
+from isidorus.web.oidc import Oidc
 from isidorus.web.pages import Pages
 
 __all__ = ["COOKIE", "create_app"]
 
 
 HEADERS = [
-    (
-        b"content-security-policy",
-        b"default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
-        b"form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-    ),
+    (b"content-security-policy", content_security_policy().encode()),
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"same-origin"),
 ]
@@ -92,6 +89,7 @@ def create_app(data_dir: str) -> Starlette:
         *Pages(host, db).routes(),
         *Admin(host, db).routes(),
         Mount("/api", app=create_api(db)),
+        *Oidc(host, db).routes(),
         Mount("/static", StaticFiles(directory=os.path.join(HERE, "static")), name="static"),
     ]
     app = Starlette(

@@ -81,6 +81,17 @@ def make_environment() -> jinja2.Environment:
 templates = Jinja2Templates(env=make_environment())
 
 
+def content_security_policy(form_targets: tuple[str, ...] = ()) -> str:
+    """No page may load anything from another host, be framed, or post a form elsewhere;
+    `form_targets` are origins a form's submission may be redirected to (browsers apply
+    form-action to the redirections that follow a submission)."""
+    targets = " ".join(["'self'", *form_targets])
+    return (
+        "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+        f"form-action {targets}; frame-ancestors 'none'; base-uri 'none'"
+    )
+
+
 class CsrfError(IsidorusError):
     http_status = 403
 

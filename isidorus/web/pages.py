@@ -4,6 +4,7 @@ the single sign-on answer for nginx."""
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -14,9 +15,10 @@ from isidorus.accounts.errors import InvalidInput, LoginFailed
 from isidorus.accounts.sessions import Session
 from isidorus.errors import NotFoundError
 from isidorus.ops import accounts as ops
+from isidorus.ops import oidc
 from isidorus.state.db import Database
 from isidorus.web import i18n
-from isidorus.web.base import COOKIE, CSRF_COOKIE, Host, Views, safe_next
+from isidorus.web.base import COOKIE, CSRF_COOKIE, Host, Views, content_security_policy, safe_next
 from isidorus.web.i18n import gettext, message_of
 from isidorus.web.ratelimit import Throttle
 
@@ -53,7 +55,7 @@ class Pages(Views):
 
     async def login_form(self, request: Request) -> Response:
         csrf = request.cookies.get(CSRF_COOKIE) or os.urandom(16).hex()
-        response = self.page(
+        response = self.login_page(
             request, "login.html", csrf=csrf, next=safe_next(request.query_params.get("next", ""))
         )
         response.set_cookie(
@@ -67,7 +69,7 @@ class Pages(Views):
         address = request.client.host if request.client else "?"
         nxt = safe_next(form.get("next", ""))
         if self.user_throttle.blocked(name) or self.address_throttle.blocked(address):
-            return self.page(
+            return self.login_page(
                 request,
                 "login.html",
                 status=429,
@@ -80,7 +82,7 @@ class Pages(Views):
         except LoginFailed as exc:
             self.user_throttle.failed(name)
             self.address_throttle.failed(address)
-            return self.page(
+            return self.login_page(
                 request,
                 "login.html",
                 status=401,
@@ -91,7 +93,9 @@ class Pages(Views):
             )
         if result.needs_code:
             # the throttle is not reset: only a whole login (password and code) does that
-            response = self.page(request, "login_code.html", csrf=form["csrf"], next=nxt, name=name)
+            response = self.login_page(
+                request, "login_code.html", csrf=form["csrf"], next=nxt, name=name
+            )
             response.set_cookie(
                 PENDING_COOKIE,
                 result.token,
@@ -110,7 +114,7 @@ class Pages(Views):
         address = request.client.host if request.client else "?"
         nxt = safe_next(form.get("next", ""))
         if self.user_throttle.blocked(name) or self.address_throttle.blocked(address):
-            return self.page(
+            return self.login_page(
                 request,
                 "login.html",
                 status=429,
@@ -125,7 +129,7 @@ class Pages(Views):
             self.user_throttle.failed(name)
             self.address_throttle.failed(address)
             again = str(exc).startswith("wrong code")
-            return self.page(
+            return self.login_page(
                 request,
                 "login_code.html" if again else "login.html",
                 status=401,
@@ -142,6 +146,19 @@ class Pages(Views):
         self.user_throttle.succeeded(name)
         response = RedirectResponse(nxt, status_code=303)
         self.set_cookie(response, token)
+        return response
+
+    def login_page(
+        self, request: Request, template: str, status: int = 200, **context: Any
+    ) -> Response:
+        """The login form or its second step, on the way to `context["next"]`."""
+        response = self.page(request, template, status=status, **context)
+        nxt = context["next"]
+        # a login on the way to a service's sign-in ends in a redirection to that service,
+        # which the form's CSP must allow
+        origin = oidc.redirect_origin(self.db, nxt)
+        if origin:
+            response.headers["Content-Security-Policy"] = content_security_policy((origin,))
         return response
 
     async def logout(self, request: Request) -> Response:
