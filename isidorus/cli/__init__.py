@@ -15,6 +15,7 @@ import click
 from isidorus import __version__
 from isidorus.cli.accounts import group, init, user
 from isidorus.cli.backup import backup
+from isidorus.cli.directory import directory
 from isidorus.cli.server import serve
 from isidorus.errors import IsidorusError
 
@@ -30,6 +31,7 @@ cli.add_command(user)
 cli.add_command(group)
 cli.add_command(serve)
 cli.add_command(backup)
+cli.add_command(directory)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import secrets
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -21,6 +22,7 @@ from isidorus.accounts.errors import AlreadyExists
 from isidorus.accounts.groups import Group
 from isidorus.accounts.users import User
 from isidorus.errors import UsageError
+from isidorus.ops import directory
 from isidorus.state.db import Database
 from isidorus.state.migrations import migrate
 from isidorus.state.schema import audit_log
@@ -43,14 +45,21 @@ def new_password() -> str:
     return "-".join("".join(secrets.choice(alphabet) for _ in range(5)) for _ in range(4))
 
 
-def open_state(data_dir: str) -> Database:
-    """The host's state database, migrated to this version of isidorus."""
+def open_state(data_dir: str, *, warn: Callable[[str], None] | None = None) -> Database:
+    """The host's state database, migrated to this version of isidorus, and followed by
+    the LDAP directory when the config has an `[ldap]` table (`warn` hears, in one line,
+    when the directory could not be updated; see ops/directory.py)."""
     if not os.path.exists(os.path.join(data_dir, CONFIG_NAME)):
         raise UsageError(
             f"{data_dir} holds no isidorus host: run `isidorus init --data-dir {data_dir}` first"
         )
     db = Database.open_file(os.path.join(data_dir, STATE_NAME))
-    migrate(db)
+    try:
+        migrate(db)
+        directory.keep_in_step(db, os.path.join(data_dir, CONFIG_NAME), warn)
+    except BaseException:
+        db.close()
+        raise
     return db
 
 
