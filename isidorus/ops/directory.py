@@ -110,14 +110,14 @@ def keep_in_step(
         try:
             report = sync_directory(db, config)
         except DirectoryError as exc:
-            say(f"the LDAP directory was not updated: {exc}; {_LATER}")
+            say(f"the change is saved, but not in the LDAP directory: {exc}; {_LATER}")
             return
         if report.problems:
             more = f" (and {len(report.problems) - 1} more)" if len(report.problems) > 1 else ""
-            say(f"the LDAP directory was not fully updated: {report.problems[0]}{more}; {_LATER}")
+            say(f"the LDAP directory refused an entry: {report.problems[0]}{more}; {_LATER}")
 
     db.observers.append(after_commit)
     return config
 
 
-_LATER = "the change is saved in isidorus: run `isidorus directory sync` once this is fixed"
+_LATER = "run `isidorus directory sync` once this is fixed"

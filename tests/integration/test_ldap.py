@@ -195,7 +195,9 @@ def test_an_outage_is_told_and_sync_catches_up(host, slapd):
     r = host("user", "passwd", "alice", "--password-stdin", input="changed while it was down\n")
     assert "password of alice changed" in r.out  # the change stands
     (warning,) = r.err.splitlines()
-    assert warning.startswith("warning: the LDAP directory was not updated: cannot reach")
+    assert warning.startswith(
+        "warning: the change is saved, but not in the LDAP directory: cannot reach"
+    )
     assert "isidorus directory sync" in warning
     down = host("directory", "sync", check=False)
     assert_one_line_error(down, "cannot reach the LDAP directory", slapd.url)
