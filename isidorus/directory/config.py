@@ -17,9 +17,6 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from ldap3.core.exceptions import LDAPInvalidDnError
-from ldap3.utils.dn import parse_dn
-
 from isidorus.directory.errors import DirectoryConfigError
 
 EXAMPLES = {
@@ -123,6 +120,10 @@ def _check_url(url: str, where: str) -> None:
 
 
 def _check_dn(key: str, value: str, where: str) -> None:
+    # here, not above: only hosts that keep a directory load ldap3 (a tenth of a second)
+    from ldap3.core.exceptions import LDAPInvalidDnError
+    from ldap3.utils.dn import parse_dn
+
     try:
         parse_dn(value, strip=True)
     except LDAPInvalidDnError as exc:

@@ -17,9 +17,7 @@ from typing import Any
 
 from isidorus.accounts import groups as groups_
 from isidorus.accounts import users as users_
-from isidorus.directory import ldap
 from isidorus.directory.config import DirectoryConfig, load_config
-from isidorus.directory.entries import DirectoryGroup, DirectoryUser
 from isidorus.directory.errors import DirectoryError
 from isidorus.state.db import Database
 
@@ -57,9 +55,16 @@ class SyncReport:
         }
 
 
-def read_accounts(db: Database) -> tuple[list[DirectoryUser], list[DirectoryGroup]]:
-    """Every user and group as the directory needs them, read in one transaction."""
-    with db.write() as conn:
+def sync_directory(db: Database, config: DirectoryConfig, *, dry_run: bool = False) -> SyncReport:
+    """Make the directory match the accounts: adds, modifies and deletes entries, and
+    reports what it did (with `dry_run`, what it would do). Idempotent. Raises
+    DirectoryError when the directory cannot be reached or refuses isidorus's bind; an
+    entry it refuses is reported in `problems`."""
+    # here, not above: only hosts that keep a directory load ldap3 (a tenth of a second)
+    from isidorus.directory import ldap
+    from isidorus.directory.entries import DirectoryGroup, DirectoryUser
+
+    with db.write() as conn:  # every account as the directory needs it, in one transaction
         hashes = users_.password_hashes(conn)
         users = [
             DirectoryUser(u.name, u.email, u.fullname, hashes[u.name], u.disabled)
@@ -68,15 +73,6 @@ def read_accounts(db: Database) -> tuple[list[DirectoryUser], list[DirectoryGrou
         groups = [
             DirectoryGroup(g.name, g.description, g.members) for g in groups_.list_groups(conn)
         ]
-    return users, groups
-
-
-def sync_directory(db: Database, config: DirectoryConfig, *, dry_run: bool = False) -> SyncReport:
-    """Make the directory match the accounts: adds, modifies and deletes entries, and
-    reports what it did (with `dry_run`, what it would do). Idempotent. Raises
-    DirectoryError when the directory cannot be reached or refuses isidorus's bind; an
-    entry it refuses is reported in `problems`."""
-    users, groups = read_accounts(db)
     result = ldap.sync(config, users, groups, dry_run=dry_run)
     stats = result.plan.stats()
     return SyncReport(

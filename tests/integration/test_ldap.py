@@ -5,15 +5,18 @@ own isidorus password, every change to the accounts follows at once, and
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 from argon2 import PasswordHasher
 from sqlalchemy import select, update
+from starlette.testclient import TestClient
 
 from isidorus.ops import accounts as ops
 from isidorus.state.schema import users
+from isidorus.web.app import create_app
 from tests.integration.conftest import assert_one_line_error
 from tests.integration.slapd import (
     BASE_DN,
@@ -240,7 +243,32 @@ def test_sync_without_an_ldap_table(run, tmp_path):
     assert_one_line_error(r, "no [ldap] table", "docs/directory.md")
 
 
-# -- the portal's changes and logins, through the ops the web calls
+# -- the portal, and logins
+
+
+def csrf_of(html: str) -> str:
+    m = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert m, "no CSRF field in the page"
+    return m.group(1)
+
+
+def test_a_members_changes_in_the_portal_follow(host, slapd):
+    new = "through the looking glass"
+    with TestClient(create_app(str(host.home)), base_url="http://example.org") as client:
+        form = {"name": "alice", "password": ALICE, "next": "/portal"}
+        r = client.post("/login", data={**form, "csrf": csrf_of(client.get("/login").text)})
+        assert r.status_code == 200 and r.url.path == "/portal"
+        csrf = csrf_of(r.text)
+        profile = {"fullname": "Alice P. Hargreaves", "email": "a@example.net", "csrf": csrf}
+        assert client.post("/portal/profile", data=profile).status_code == 200
+        password = {"current": ALICE, "new": new, "repeat": new, "csrf": csrf}
+        assert client.post("/portal/password", data=password).status_code == 200
+    entry = slapd.entry(person_dn("alice"))
+    assert entry is not None
+    assert entry["cn"] == entry["displayname"] == ["Alice P. Hargreaves"]
+    assert entry["sn"] == ["Hargreaves"] and entry["mail"] == ["a@example.net"]
+    assert slapd.can_bind("alice", new)
+    assert not slapd.can_bind("alice", ALICE)
 
 
 @pytest.fixture
@@ -248,16 +276,6 @@ def state(host):
     db = ops.open_state(str(host.home))
     yield db
     db.close()
-
-
-def test_a_members_own_changes_follow(state, slapd):
-    ops.update_own_profile(state, "alice", fullname="Alice P. Hargreaves", email="a@example.net")
-    entry = slapd.entry(person_dn("alice"))
-    assert entry["cn"] == entry["displayname"] == ["Alice P. Hargreaves"]
-    assert entry["sn"] == ["Hargreaves"] and entry["mail"] == ["a@example.net"]
-    ops.change_own_password(state, "alice", ALICE, "through the looking glass")
-    assert slapd.can_bind("alice", "through the looking glass")
-    assert not slapd.can_bind("alice", ALICE)
 
 
 def test_a_hash_renewed_at_login_is_carried_to_the_directory(state, slapd):
