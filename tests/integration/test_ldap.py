@@ -19,6 +19,8 @@ from isidorus.state.schema import users
 from isidorus.web.app import create_app
 from tests.integration.conftest import assert_one_line_error
 from tests.integration.slapd import (
+    ADMIN_DN,
+    ADMIN_PASSWORD,
     BASE_DN,
     READER_DN,
     READER_PASSWORD,
@@ -49,11 +51,11 @@ class Host:
 
 
 def configure_ldap(home: Path, slapd: Slapd, **override: str) -> None:
-    (home / "ldap.secret").write_text("the directory keeper's secret\n")
+    (home / "ldap.secret").write_text(ADMIN_PASSWORD + "\n")
     table = {
         "url": slapd.url,
         "base_dn": BASE_DN,
-        "bind_dn": f"cn=admin,{BASE_DN}",
+        "bind_dn": ADMIN_DN,
         "bind_password_file": "ldap.secret",
         **override,
     }
@@ -212,6 +214,39 @@ def test_an_outage_is_told_and_sync_catches_up(host, slapd):
     ]
     assert slapd.can_bind("alice", "changed while it was down")
     assert not slapd.can_bind("alice", ALICE)
+
+
+def test_an_entry_the_directory_refuses_is_named_and_the_rest_written(host, slapd):
+    # something isidorus does not own, with a child, right below ou=people
+    extra = f"ou=extra,ou=people,{BASE_DN}"
+    with slapd.connection() as admin:
+        admin.add(extra, ["organizationalUnit"], {"ou": "extra"})
+        admin.add(f"cn=child,{extra}", ["organizationalRole"], {"cn": "child"})
+    r = host("user", "passwd", "alice", "--password-stdin", input="a brand new passphrase\n")
+    (warning,) = r.err.splitlines()
+    assert warning.startswith(
+        f"warning: the LDAP directory refused an entry: cannot delete {extra}"
+    )
+    assert slapd.can_bind("alice", "a brand new passphrase")  # the rest was written
+    r = host("directory", "sync", "--json", check=1)
+    assert json.loads(r.out)["problems"] == [
+        f"cannot delete {extra}: notAllowedOnNonLeaf: subordinate objects must be deleted first"
+    ]
+    assert_one_line_error(r, "the directory refused a change", f"cannot delete {extra}")
+
+
+@pytest.mark.parametrize(
+    ("base_dn", "words"),
+    [
+        ("cn=isidorus,dc=example,dc=org", ["the base DN cn=isidorus", "not in the directory"]),
+        ("dc=example,dc=com", ["cannot add dc=example,dc=com", "inside the suffix"]),
+    ],
+)
+def test_a_base_dn_isidorus_cannot_use(run, slapd, tmp_path, base_dn, words):
+    home = tmp_path / "host"
+    init_host(home)
+    configure_ldap(home, slapd, base_dn=base_dn)
+    assert_one_line_error(run("directory", "sync", "--data-dir", home, check=1), *words)
 
 
 def test_a_wrong_bind_password_is_one_clear_line(host, slapd):
