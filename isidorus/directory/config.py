@@ -2,7 +2,7 @@
 binds to it. No table, no directory: a host without LDAP needs nothing here.
 
     [ldap]
-    url = "ldap://127.0.0.1/"                  # or ldaps://HOST[:PORT]
+    url = "ldap://127.0.0.1/"                  # ldap://HOST[:PORT]/: slapd on this host
     base_dn = "dc=example,dc=org"
     bind_dn = "cn=admin,dc=example,dc=org"
     bind_password_file = "ldap.secret"         # relative to DATA_DIR, or absolute
@@ -26,7 +26,7 @@ EXAMPLES = {
     "bind_password_file": '"ldap.secret"',
     "timeout": "5",
 }
-DEFAULT_PORTS = {"ldap": 389, "ldaps": 636}
+PORT = 389
 
 
 @dataclass(frozen=True)
@@ -38,17 +38,13 @@ class DirectoryConfig:
     timeout: int = 5  # seconds (ldap3 packs it into a socket option: whole ones)
 
     @property
-    def use_ssl(self) -> bool:
-        return urlsplit(self.url).scheme == "ldaps"
-
-    @property
     def host(self) -> str:
         return urlsplit(self.url).hostname or ""
 
     @property
     def port(self) -> int:
         parts = urlsplit(self.url)
-        return parts.port or DEFAULT_PORTS[parts.scheme]
+        return parts.port or PORT
 
 
 def load_config(config_file: str) -> DirectoryConfig | None:
@@ -107,7 +103,7 @@ def _check_url(url: str, where: str) -> None:
     except ValueError:  # not a number, or out of range
         port = 0
     if (
-        parts.scheme not in DEFAULT_PORTS
+        parts.scheme != "ldap"
         or not parts.hostname
         or port == 0
         or parts.path not in ("", "/")
@@ -115,7 +111,7 @@ def _check_url(url: str, where: str) -> None:
         or parts.fragment
     ):
         raise DirectoryConfigError(
-            f"{where}: url {url!r} is not ldap://HOST[:PORT]/ or ldaps://HOST[:PORT]/"
+            f"{where}: url {url!r} is not ldap://HOST[:PORT]/, e.g. url = {EXAMPLES['url']}"
         )
 
 

@@ -4,13 +4,12 @@ a plan. Every ldap3 error becomes a DirectoryError here."""
 from __future__ import annotations
 
 import contextlib
-import ssl
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from ldap3 import BASE, LEVEL, MODIFY_REPLACE, NONE, Connection, Server, Tls
+from ldap3 import BASE, LEVEL, MODIFY_REPLACE, NONE, Connection, Server
 from ldap3.core.exceptions import (
     LDAPCommunicationError,
     LDAPEntryAlreadyExistsResult,
@@ -72,12 +71,9 @@ class Directory:
 
     def __init__(self, config: DirectoryConfig) -> None:
         self.config = config
-        tls = Tls(validate=ssl.CERT_REQUIRED) if config.use_ssl else None
         server = Server(
             config.host,
             port=config.port,
-            use_ssl=config.use_ssl,
-            tls=tls,
             get_info=NONE,
             connect_timeout=config.timeout,
         )
@@ -89,7 +85,7 @@ class Directory:
             receive_timeout=config.timeout,
         )
         try:
-            with self._errors("binding"):
+            with self._errors("the bind"):
                 self.conn.open()
                 self.conn.bind()
         except DirectoryError:
@@ -127,7 +123,7 @@ class Directory:
                 f"the LDAP directory at {url} refused {doing}: {_reason(exc)}"
             ) from None
         except LDAPException as exc:
-            raise DirectoryError(f"the LDAP directory at {url} failed {doing}: {exc}") from None
+            raise DirectoryError(f"the LDAP directory at {url} failed at {doing}: {exc}") from None
 
     def read(self, layout: Layout, containers: Iterable[str]) -> list[Entry]:
         """The entries isidorus owns: the `containers` that exist, and every entry right
@@ -164,7 +160,7 @@ class Directory:
         """Execute the plan; returns a line for each change the server refused. A missing
         container stops it, as nothing could be written below."""
         problems = []
-        with self._errors("a change"):
+        with self._errors("writing"):
             for change in plan.changes:
                 try:
                     self._execute(change)

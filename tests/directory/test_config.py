@@ -38,21 +38,21 @@ def test_a_good_table(tmp_path):
         bind_password="s3cret",
         timeout=5,
     )
-    assert (config.host, config.port, config.use_ssl) == ("127.0.0.1", 389, False)
+    assert (config.host, config.port) == ("127.0.0.1", 389)
     assert "s3cret" not in repr(config)
 
 
 @pytest.mark.parametrize(
-    ("url", "host", "port", "ssl"),
+    ("url", "host", "port"),
     [
-        ("ldap://ldap.example.org:3890", "ldap.example.org", 3890, False),
-        ("ldaps://ldap.example.org/", "ldap.example.org", 636, True),
-        ("ldap://[::1]:389/", "::1", 389, False),
+        ("ldap://ldap.example.org:3890", "ldap.example.org", 3890),
+        ("ldap://localhost/", "localhost", 389),
+        ("ldap://[::1]:3389/", "::1", 3389),
     ],
 )
-def test_urls(tmp_path, url, host, port, ssl):
+def test_urls(tmp_path, url, host, port):
     config = load_config(write_config(tmp_path, {**GOOD, "url": f'"{url}"'}))
-    assert config is not None and (config.host, config.port, config.use_ssl) == (host, port, ssl)
+    assert config is not None and (config.host, config.port) == (host, port)
 
 
 def test_an_absolute_password_file_and_a_timeout(tmp_path):
@@ -74,6 +74,7 @@ def test_an_absolute_password_file_and_a_timeout(tmp_path):
         ({"bind_dn": '""'}, ["bind_dn must be a non-empty string"]),
         ({"url": '"http://127.0.0.1/"'}, ["url 'http://127.0.0.1/' is not ldap://HOST"]),
         ({"url": '"ldap://127.0.0.1:port/"'}, ["is not ldap://HOST"]),
+        ({"url": '"ldaps://127.0.0.1/"'}, ["is not ldap://HOST"]),
         ({"url": '"ldap://127.0.0.1/dc=example"'}, ["is not ldap://HOST"]),
         ({"url": '"ldap:///"'}, ["is not ldap://HOST"]),
         ({"base_dn": '"example.org"'}, ["base_dn 'example.org' is not a DN", "dc=example"]),
