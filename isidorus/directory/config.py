@@ -27,6 +27,7 @@ EXAMPLES = {
     "timeout": "5",
 }
 PORT = 389
+LOCK_NAME = "directory.lock"
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class DirectoryConfig:
     base_dn: str
     bind_dn: str
     bind_password: str = field(repr=False)
+    lock_file: str  # held while syncing, beside the config file
     timeout: int = 5  # seconds (ldap3 packs it into a socket option: whole ones)
 
     @property
@@ -89,6 +91,7 @@ def parse_config(table: Any, config_file: str) -> DirectoryConfig:
         bind_dn=table["bind_dn"].strip(),
         bind_password=_read_password(password_file, where),
         timeout=timeout,
+        lock_file=os.path.join(os.path.dirname(config_file), LOCK_NAME),
     )
 
 

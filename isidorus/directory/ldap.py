@@ -103,6 +103,9 @@ class Directory:
     def close(self) -> None:
         with contextlib.suppress(LDAPException):
             self.conn.unbind()
+        # ldap3 keeps the socket of a connection that failed to open: close it here
+        if self.conn.socket is not None:
+            self.conn.socket.close()
 
     @contextlib.contextmanager
     def _errors(self, doing: str) -> Iterator[None]:

@@ -10,8 +10,11 @@ be written, the change still stands and `warn` hears why; `sync_directory()` (th
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,16 +67,17 @@ def sync_directory(db: Database, config: DirectoryConfig, *, dry_run: bool = Fal
     from isidorus.directory import ldap
     from isidorus.directory.entries import DirectoryGroup, DirectoryUser
 
-    with db.write() as conn:  # every account as the directory needs it, in one transaction
-        hashes = users_.password_hashes(conn)
-        users = [
-            DirectoryUser(u.name, u.email, u.fullname, hashes[u.name], u.disabled)
-            for u in users_.list_users(conn)
-        ]
-        groups = [
-            DirectoryGroup(g.name, g.description, g.members) for g in groups_.list_groups(conn)
-        ]
-    result = ldap.sync(config, users, groups, dry_run=dry_run)
+    with one_sync_at_a_time(config):
+        with db.write() as conn:  # every account as the directory needs it, at one moment
+            hashes = users_.password_hashes(conn)
+            users = [
+                DirectoryUser(u.name, u.email, u.fullname, hashes[u.name], u.disabled)
+                for u in users_.list_users(conn)
+            ]
+            groups = [
+                DirectoryGroup(g.name, g.description, g.members) for g in groups_.list_groups(conn)
+            ]
+        result = ldap.sync(config, users, groups, dry_run=dry_run)
     stats = result.plan.stats()
     return SyncReport(
         url=config.url,
@@ -86,6 +90,19 @@ def sync_directory(db: Database, config: DirectoryConfig, *, dry_run: bool = Fal
         changes=tuple(c.describe() for c in result.plan.changes),
         problems=result.problems,
     )
+
+
+@contextlib.contextmanager
+def one_sync_at_a_time(config: DirectoryConfig) -> Iterator[None]:
+    """Syncs of one host (the web server's, the commands') take turns: otherwise one that
+    read the accounts before a change could write after the sync of that change, and
+    undo it in the directory until the next sync."""
+    fd = os.open(config.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # released when fd is closed
+        yield
+    finally:
+        os.close(fd)
 
 
 def keep_in_step(

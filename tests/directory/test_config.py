@@ -37,6 +37,7 @@ def test_a_good_table(tmp_path):
         bind_dn="cn=admin,dc=example,dc=org",
         bind_password="s3cret",
         timeout=5,
+        lock_file=str(tmp_path / "directory.lock"),
     )
     assert (config.host, config.port) == ("127.0.0.1", 389)
     assert "s3cret" not in repr(config)
