@@ -32,3 +32,14 @@ def test_engine_imports_only_itself_and_errors(path):
         if "remote" in path.parts and name.startswith("isidorus.backup."):
             allowed = ("isidorus.backup.remote", "isidorus.backup.errors")
             assert name.startswith(allowed), f"remote/{path.name} imports {name}"
+
+
+DIRECTORY = sorted((PKG / "directory").rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", DIRECTORY, ids=[str(p.relative_to(PKG)) for p in DIRECTORY])
+def test_directory_knows_ldap_and_nothing_of_the_state_or_frontends(path):
+    for name in _imports(path):
+        if name.startswith("isidorus") and not name.startswith("isidorus.directory"):
+            assert name == "isidorus.errors", f"directory/{path.name} imports {name}"
+        assert not name.startswith(("sqlalchemy", "starlette", "click")), f"{path.name}: {name}"
