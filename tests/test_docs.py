@@ -8,6 +8,7 @@ import click
 import pytest
 
 from isidorus.cli import cli
+from isidorus.directory.config import EXAMPLES as LDAP_EXAMPLES
 from isidorus.settings import SETTINGS
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -83,6 +84,27 @@ def test_every_oidc_command_has_help_and_docs(name, cmd):
 
 def test_the_oidc_guide_is_linked_from_the_server_guide():
     assert "(oidc.md)" in SERVER_GUIDE
+
+
+LDAP_KEYS = list(LDAP_EXAMPLES)
+DIRECTORY_GUIDE = (ROOT / "docs" / "directory.md").read_text()
+DIRECTORY = _commands(cli.commands["directory"], "isidorus directory")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("name", "cmd"), DIRECTORY, ids=[n for n, _ in DIRECTORY])
+def test_every_directory_command_has_help_and_docs(name, cmd):
+    assert cmd.help and cmd.help.strip(), f"{name} has no help text"
+    assert name in DIRECTORY_GUIDE, f"docs/directory.md does not show `{name}`"
+    for param in cmd.params:
+        if isinstance(param, click.Option):
+            opt = max(param.opts, key=len)
+            assert opt in DIRECTORY_GUIDE, f"docs/directory.md does not mention {name} {opt}"
+
+
+@pytest.mark.parametrize("key", LDAP_KEYS)
+def test_every_ldap_key_is_documented(key):
+    assert f"| `{key}` |" in DIRECTORY_GUIDE, f"docs/directory.md does not explain [ldap] {key}"
+    assert "[directory.md](directory.md)" in ACCOUNTS_GUIDE
 
 
 @pytest.mark.parametrize("setting", SETTINGS, ids=[s.name for s in SETTINGS])

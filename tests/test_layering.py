@@ -42,3 +42,14 @@ FRONTENDS = ("isidorus.web", "isidorus.cli", "isidorus.ops", "starlette", "click
 def test_the_oidc_core_knows_no_frontend(path):
     for name in _imports(path):
         assert not name.startswith(FRONTENDS), f"oidc/{path.name} imports {name}"
+
+
+DIRECTORY = sorted((PKG / "directory").rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", DIRECTORY, ids=[str(p.relative_to(PKG)) for p in DIRECTORY])
+def test_directory_knows_ldap_and_nothing_of_the_state_or_frontends(path):
+    for name in _imports(path):
+        if name.startswith("isidorus") and not name.startswith("isidorus.directory"):
+            assert name == "isidorus.errors", f"directory/{path.name} imports {name}"
+        assert not name.startswith(("sqlalchemy", "starlette", "click")), f"{path.name}: {name}"

@@ -201,3 +201,11 @@ def authenticate(conn: Connection, name: str, password: str) -> User:
             .values(password_hash=passwords.hash_password(password))
         )
     return _user(conn, row)
+
+
+def password_hashes(conn: Connection) -> dict[str, str]:
+    """Every user's password hash (Argon2id, encoded), by name: for the systems that check
+    passwords themselves, like the LDAP directory."""
+    return {
+        r.name: r.password_hash for r in conn.execute(select(users.c.name, users.c.password_hash))
+    }

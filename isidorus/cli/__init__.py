@@ -15,6 +15,7 @@ import click
 from isidorus import __version__
 from isidorus.cli.accounts import group, init, user
 from isidorus.cli.backup import backup
+from isidorus.cli.directory import directory
 from isidorus.cli.oidc import oidc
 from isidorus.cli.server import serve
 from isidorus.cli.tokens import token
@@ -34,6 +35,7 @@ cli.add_command(token)
 cli.add_command(serve)
 cli.add_command(backup)
 cli.add_command(oidc)
+cli.add_command(directory)
 
 
 def main(argv: list[str] | None = None) -> None:

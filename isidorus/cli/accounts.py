@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import click
 
 from isidorus import settings
-from isidorus.cli.output import print_json
+from isidorus.cli.output import print_json, warn
 from isidorus.errors import UsageError
 from isidorus.ops import accounts as ops
 from isidorus.state.db import Database
@@ -37,7 +37,7 @@ def with_state(f: F) -> F:
     )
     @functools.wraps(f)
     def wrapper(data_dir: str | None, **kw: Any) -> Any:
-        db = ops.open_state(_data_dir(data_dir))
+        db = ops.open_state(_data_dir(data_dir), warn=warn)
         try:
             return f(db, **kw)
         finally:

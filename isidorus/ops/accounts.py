@@ -10,6 +10,7 @@ import json
 import os
 import secrets
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -23,6 +24,7 @@ from isidorus.accounts.audit import AuditPage
 from isidorus.accounts.errors import AlreadyExists, Refused
 from isidorus.accounts.groups import Group
 from isidorus.accounts.users import User
+from isidorus.ops import directory
 
 # (the host's file names, re-exported: the frontends find them here)
 from isidorus.ops.database import CONFIG_NAME as CONFIG_NAME
@@ -54,12 +56,15 @@ def new_password() -> str:
     return "-".join("".join(secrets.choice(alphabet) for _ in range(5)) for _ in range(4))
 
 
-def open_state(data_dir: str) -> Database:
+def open_state(data_dir: str, *, warn: Callable[[str], None] | None = None) -> Database:
     """The host's state database (SQLite, or PostgreSQL when the config names one),
-    migrated to this version of isidorus."""
+    migrated to this version of isidorus, and followed by the LDAP directory when the
+    config has an `[ldap]` table (`warn` hears, in one line, when the directory could not
+    be updated; see ops/directory.py)."""
     db = open_database(data_dir, read_config(data_dir))
     try:
         migrate(db)
+        directory.keep_in_step(db, os.path.join(data_dir, CONFIG_NAME), warn)
     except BaseException:
         db.close()
         raise

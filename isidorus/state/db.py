@@ -11,6 +11,10 @@ back, so writers queue as they do on SQLite and a transaction that reads then in
 cannot race another (migrations from two processes at once included). READ COMMITTED then
 lets every statement after the lock see what the previous writer committed. SERIALIZABLE
 would instead fail one of two racing transactions at commit and leave every caller to retry.
+
+Observers learn, after a write has committed, which tables it changed: this is how systems
+that mirror the state (the LDAP directory) keep in step with every change, whichever use
+case made it.
 """
 
 from __future__ import annotations
@@ -20,10 +24,22 @@ import itertools
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from sqlalchemy import URL, Connection, Engine, create_engine, event, make_url, text
+from sqlalchemy import (
+    URL,
+    Connection,
+    Delete,
+    Engine,
+    Insert,
+    TableClause,
+    Update,
+    create_engine,
+    event,
+    make_url,
+    text,
+)
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from isidorus.errors import IsidorusError
@@ -39,6 +55,19 @@ HELP = "see docs/state.md"
 
 class StateError(IsidorusError):
     """The state database failed (cannot be opened, or a query failed)."""
+
+
+# the names of the tables changed by the transaction under way on a connection
+_CHANGED = "isidorus.changed_tables"
+
+Observer = Callable[[frozenset[str]], None]
+
+
+def _note_changed_table(conn: Connection, statement: Any, *_args: Any) -> None:
+    changed = conn.info.get(_CHANGED)
+    table = statement.table if isinstance(statement, Insert | Update | Delete) else None
+    if changed is not None and isinstance(table, TableClause):
+        changed.add(table.name)
 
 
 def sqlite_url(path: str) -> str:
@@ -132,6 +161,8 @@ class Database:
             raise StateError(
                 f"cannot use the database {self.url}: {_one_line(exc, self._password)} ({HELP})"
             ) from None
+        event.listen(self.engine, "after_execute", _note_changed_table)
+        self.observers: list[Observer] = []
 
     @classmethod
     def open_file(cls, path: str) -> Database:
@@ -161,7 +192,10 @@ class Database:
     @contextlib.contextmanager
     def write(self) -> Iterator[Connection]:
         """A transaction that commits when the block ends, or rolls back on error. Only
-        one runs at a time per database (writers queue, up to LOCK_TIMEOUT_MS)."""
+        one runs at a time per database (writers queue, up to LOCK_TIMEOUT_MS). Once it
+        has committed, each observer is called with the names of the tables it changed
+        (if it changed any); observers must not raise, as the change stands."""
+        changed: set[str] = set()
         with self._connect() as conn:
             try:
                 with conn.begin():
@@ -170,11 +204,18 @@ class Database:
                         conn.execute(
                             text("SELECT pg_advisory_xact_lock(:key)"), {"key": WRITE_LOCK}
                         )
-                    yield conn
+                    conn.info[_CHANGED] = changed
+                    try:
+                        yield conn
+                    finally:
+                        del conn.info[_CHANGED]
             except SQLAlchemyError as exc:
                 raise self._failed(exc) from exc
             finally:
                 self.generation = next(self._writes)
+        if changed:
+            for observer in self.observers:
+                observer(frozenset(changed))
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Connection]:

@@ -1,0 +1,29 @@
+"""Errors of the LDAP directory.
+
+IsidorusError
+└── DirectoryError                     exit 1, HTTP 502
+    ├── DirectoryConfigError (UsageError)  the [ldap] table is wrong: exit 2, HTTP 500
+    ├── DirectoryUnreachable               cannot connect or bind: HTTP 503
+    └── SyncIncomplete                     some entries could not be written
+"""
+
+from __future__ import annotations
+
+from isidorus.errors import IsidorusError, UsageError
+
+
+class DirectoryError(IsidorusError):
+    http_status = 502
+
+
+class DirectoryConfigError(DirectoryError, UsageError):
+    exit_code = 2
+    http_status = 500  # the operator's mistake, not the visitor's
+
+
+class DirectoryUnreachable(DirectoryError):
+    http_status = 503
+
+
+class SyncIncomplete(DirectoryError):
+    pass
