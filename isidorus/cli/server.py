@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from typing import Any
+
 import click
 
 from isidorus.cli.accounts import _data_dir
@@ -29,11 +32,17 @@ def _listen(value: str) -> tuple[str, int]:
     metavar="HOST:PORT",
     help="Where to listen (nginx proxies to it).",
 )
-def serve(data_dir: str | None, listen: str) -> None:
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    metavar="N",
+    help="Server processes (default: one per CPU).",
+)
+def serve(data_dir: str | None, listen: str, workers: int | None) -> None:
     """Run the web server; a host not yet initialised is set up first."""
     import uvicorn  # only this command needs the server
 
-    from isidorus.web.app import create_app
+    from isidorus.web.app import DATA_DIR_VARIABLE, create_app
 
     addr, port = _listen(listen)
     d = _data_dir(data_dir)
@@ -43,12 +52,21 @@ def serve(data_dir: str | None, listen: str) -> None:
             f"initialised {d}\nadmin: {r.admin}\npassword: {r.password} "
             "(shown once: change it in the portal)"
         )
-    click.echo(f"isidorus listens on http://{addr}:{port}/ (Ctrl-C stops it)")
-    uvicorn.run(
-        create_app(d),
-        host=addr,
-        port=port,
-        log_level="warning",
-        proxy_headers=True,
-        server_header=False,
+    # built here first, so that a bad config or database stops the start with one line
+    app = create_app(d)
+    workers = workers or os.cpu_count() or 1
+    click.echo(
+        f"isidorus listens on http://{addr}:{port}/ with {workers} "
+        f"process{'es' if workers > 1 else ''} (Ctrl-C stops it)"
     )
+    options: dict[str, Any] = dict(
+        host=addr, port=port, log_level="warning", proxy_headers=True, server_header=False
+    )
+    if workers == 1:
+        uvicorn.run(app, **options)
+        return
+    # every process builds its own app; they share the state database (sessions, login
+    # throttling, pending logins) and nothing else
+    app.state.db.close()
+    os.environ[DATA_DIR_VARIABLE] = d
+    uvicorn.run("isidorus.web.app:app_from_environment", factory=True, workers=workers, **options)

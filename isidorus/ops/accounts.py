@@ -18,7 +18,7 @@ from sqlalchemy import Connection
 
 from isidorus.accounts import audit as audit_
 from isidorus.accounts import groups as groups_
-from isidorus.accounts import sessions, tokens, totp
+from isidorus.accounts import sessions, throttle, tokens, totp
 from isidorus.accounts import users as users_
 from isidorus.accounts.audit import AuditPage
 from isidorus.accounts.errors import AlreadyExists, Refused
@@ -274,6 +274,22 @@ class Login:
     token: str
     csrf: str
     needs_code: bool = False
+
+
+def login_blocked(db: Database, name: str, address: str) -> bool:
+    """Whether logins are refused for a while for this name or from this address."""
+    with db.read() as conn:
+        return throttle.blocked(conn, name, address)
+
+
+def login_failed(db: Database, name: str, address: str) -> None:
+    with db.write() as conn:
+        throttle.failed(conn, name, address)
+
+
+def login_succeeded(db: Database, name: str) -> None:
+    with db.write() as conn:
+        throttle.succeeded(conn, name)
 
 
 def login(db: Database, name: str, password: str) -> Login:

@@ -44,12 +44,18 @@ def m0006_second_factor(conn: Connection) -> None:
     schema.pending_logins.create(conn)
 
 
+def m0007_login_failures(conn: Connection) -> None:
+    """Login throttling in the database, so that every server process counts alike."""
+    schema.login_failures.create(conn)
+
+
 MIGRATIONS: tuple[tuple[str, Migration], ...] = (
     ("0001_accounts", m0001_accounts),
     ("0002_sessions", m0002_sessions),
     ("0003_api_tokens", m0003_api_tokens),
     ("0004_oidc", m0004_oidc),
     ("0006_second_factor", m0006_second_factor),
+    ("0007_login_failures", m0007_login_failures),
 )
 
 

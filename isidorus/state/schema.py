@@ -155,3 +155,13 @@ oidc_subjects = Table(
     Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
     Column("sub", String(64), nullable=False, unique=True),
 )
+
+# Failed logins, per user name and per address, for throttling (shared by every server
+# process; rows older than the window are dropped as new ones come).
+login_failures = Table(
+    "login_failures",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("key", String(300), nullable=False, index=True),  # "user:NAME" or "address:IP"
+    Column("at", UtcDateTime(), nullable=False),
+)

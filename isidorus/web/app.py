@@ -81,6 +81,14 @@ async def handle_error(request: Request, exc: Exception) -> Response:
         )
 
 
+DATA_DIR_VARIABLE = "ISIDORUS_SERVE_DATA_DIR"
+
+
+def app_from_environment() -> Starlette:
+    """The app of one of `isidorus serve --workers N`'s processes."""
+    return create_app(os.environ[DATA_DIR_VARIABLE])
+
+
 def create_app(data_dir: str) -> Starlette:
     host = Host.load(data_dir)
     i18n.catalogs()  # a broken catalog stops the start, not a visitor's page

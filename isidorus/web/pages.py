@@ -16,11 +16,9 @@ from isidorus.accounts.sessions import Session
 from isidorus.errors import NotFoundError
 from isidorus.ops import accounts as ops
 from isidorus.ops import oidc
-from isidorus.state.db import Database
 from isidorus.web import i18n
-from isidorus.web.base import COOKIE, CSRF_COOKIE, Host, Views, content_security_policy, safe_next
+from isidorus.web.base import COOKIE, CSRF_COOKIE, Views, content_security_policy, safe_next
 from isidorus.web.i18n import gettext, message_of
-from isidorus.web.ratelimit import Throttle
 
 __all__ = ["Pages", "safe_next"]
 
@@ -28,11 +26,6 @@ PENDING_COOKIE = "isidorus_pending"
 
 
 class Pages(Views):
-    def __init__(self, host: Host, db: Database) -> None:
-        super().__init__(host, db)
-        self.user_throttle = Throttle(limit=5, window=15 * 60)
-        self.address_throttle = Throttle(limit=30, window=15 * 60)
-
     def routes(self) -> list[Route]:
         return [
             Route("/", self.public),
@@ -68,7 +61,7 @@ class Pages(Views):
         name = form.get("name", "").strip().lower()
         address = request.client.host if request.client else "?"
         nxt = safe_next(form.get("next", ""))
-        if self.user_throttle.blocked(name) or self.address_throttle.blocked(address):
+        if ops.login_blocked(self.db, name, address):
             return self.login_page(
                 request,
                 "login.html",
@@ -80,8 +73,7 @@ class Pages(Views):
         try:
             result = ops.login(self.db, name, form.get("password", ""))
         except LoginFailed as exc:
-            self.user_throttle.failed(name)
-            self.address_throttle.failed(address)
+            ops.login_failed(self.db, name, address)
             return self.login_page(
                 request,
                 "login.html",
@@ -113,7 +105,7 @@ class Pages(Views):
         name = form.get("name", "").strip().lower()
         address = request.client.host if request.client else "?"
         nxt = safe_next(form.get("next", ""))
-        if self.user_throttle.blocked(name) or self.address_throttle.blocked(address):
+        if ops.login_blocked(self.db, name, address):
             return self.login_page(
                 request,
                 "login.html",
@@ -126,8 +118,7 @@ class Pages(Views):
         try:
             result = ops.login_code(self.db, name, pending, form.get("code", ""))
         except LoginFailed as exc:
-            self.user_throttle.failed(name)
-            self.address_throttle.failed(address)
+            ops.login_failed(self.db, name, address)
             again = str(exc).startswith("wrong code")
             return self.login_page(
                 request,
@@ -143,7 +134,7 @@ class Pages(Views):
         return response
 
     def logged_in(self, name: str, token: str, nxt: str) -> Response:
-        self.user_throttle.succeeded(name)
+        ops.login_succeeded(self.db, name)
         response = RedirectResponse(nxt, status_code=303)
         self.set_cookie(response, token)
         return response

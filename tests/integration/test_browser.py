@@ -48,7 +48,7 @@ def server(run, tmp_path) -> Iterator[str]:
         "--password-stdin", "--data-dir", home, input=ALICE_PW + "\n")  # fmt: skip
     run("group", "add", "family", "--data-dir", home)
     port = free_port()
-    web = run.popen("serve", "--data-dir", home, "--listen", f"127.0.0.1:{port}")
+    web = run.popen("serve", "--data-dir", home, "--listen", f"127.0.0.1:{port}", "--workers", "2")
     try:
         wait_for_port(port, web, "isidorus serve")
         yield f"http://127.0.0.1:{port}"

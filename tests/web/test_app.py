@@ -101,6 +101,9 @@ def test_login_is_throttled(client):
     r = login(client, "alice", PW)
     assert r.status_code == 429 and "too many" in r.text
     assert login(client, "bob", "his own long passphrase").status_code == 303  # others still can
+    # another server process counts the same failures
+    with TestClient(create_app(client.app.state.host.data_dir), base_url="http://localhost") as c:
+        assert login(c, "alice", PW).status_code == 429
 
 
 def test_no_redirect_to_another_site(client):
