@@ -50,7 +50,7 @@ def test_serve_is_documented():
         assert max(param.opts, key=len) in SERVER_GUIDE
 
 
-ACCOUNTS = [("isidorus init", cli.commands["init"])] + [
+ACCOUNTS = [("isidorus init", cli.commands["init"]), ("isidorus audit", cli.commands["audit"])] + [
     c
     for g in ("user", "group")
     for c in _commands(cli.commands[g], f"isidorus {g}")  # type: ignore[arg-type]

@@ -13,7 +13,7 @@ import traceback
 import click
 
 from isidorus import __version__
-from isidorus.cli.accounts import group, init, user
+from isidorus.cli.accounts import audit, group, init, user
 from isidorus.cli.backup import backup
 from isidorus.cli.directory import directory
 from isidorus.cli.oidc import oidc
@@ -31,6 +31,7 @@ def cli() -> None:
 cli.add_command(init)
 cli.add_command(user)
 cli.add_command(group)
+cli.add_command(audit)
 cli.add_command(token)
 cli.add_command(serve)
 cli.add_command(backup)

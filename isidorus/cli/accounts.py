@@ -321,3 +321,25 @@ def group_list(db: Database, as_json: bool) -> None:
         return
     for g in groups:
         click.echo(f"{g.name:20} {' '.join(g.members) or '-'}")
+
+
+@click.command("audit")
+@with_state
+@click.option(
+    "--limit", type=click.IntRange(1, 500), default=50, show_default=True, help="Entries shown."
+)
+@click.option("--before", type=int, metavar="ID", help="Only entries older than entry ID.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def audit(db: Database, limit: int, before: int | None, as_json: bool) -> None:
+    """Show the audit log, newest first: who changed what in the accounts, and when."""
+    page = ops.list_audit(db, limit=limit, before=before)
+    if as_json:
+        print_json(
+            {"entries": [e.to_json() for e in page.entries], "next_before": page.next_before}
+        )
+        return
+    for e in page.entries:
+        line = f"{e.id:>6} {e.at:%Y-%m-%d %H:%M:%S} {e.actor:16} {e.action:20} {e.target}"
+        click.echo(f"{line} {e.detail}".rstrip())
+    if page.next_before:
+        click.echo(f"(older: --before {page.next_before})")

@@ -46,7 +46,7 @@ def audit(conn: Connection, actor: str, action: str, target: str = "", detail: s
 def list_audit(db: Database, *, limit: int = 50, before: int | None = None) -> AuditPage:
     """The audit log, newest first: up to `limit` entries older than entry `before`.
     Raises InvalidInput for a limit out of 1 to 500."""
-    with db.write() as conn:
+    with db.read() as conn:
         return audit_.list_entries(conn, limit=limit, before=before)
 
 

@@ -17,6 +17,7 @@ from starlette.routing import Route
 from isidorus.accounts.errors import AccountError, InvalidInput
 from isidorus.accounts.sessions import Session
 from isidorus.ops import accounts as ops
+from isidorus.ops import oidc
 from isidorus.web.base import Views
 from isidorus.web.i18n import gettext, message_of
 
@@ -53,6 +54,7 @@ class Admin(Views):
                     ("totp-off", self.user_totp_off),
                 )
             ),
+            Route("/admin/audit", self.audit),
             Route("/admin/groups", self.groups),
             Route("/admin/groups", self.post(self.add_group, self.groups), methods=post),
             Route("/admin/groups/{name}", self.group),
@@ -112,6 +114,17 @@ class Admin(Views):
             "admin/index.html",
             users=ops.list_users(self.db),
             groups=ops.list_groups(self.db),
+            clients=oidc.list_clients(self.db),
+        )
+
+    async def audit(self, request: Request) -> Response:
+        before = request.query_params.get("before", "")
+        return self.admin_page(
+            request,
+            "admin/audit.html",
+            page=ops.list_audit(
+                self.db, limit=50, before=int(before) if before.isdigit() else None
+            ),
         )
 
     async def users(self, request: Request, error: str = "", status: int = 200) -> Response:

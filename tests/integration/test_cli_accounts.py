@@ -81,6 +81,19 @@ def test_users_and_groups(run, home):
     assert names == ["admin", "alice"]
 
 
+def test_the_audit_log(run, home):
+    run("group", "add", "family", "--data-dir", home)
+    run("group", "add", "friends", "--data-dir", home)
+    page = json.loads(run("audit", "--limit", "2", "--json", "--data-dir", home).out)
+    assert [(e["action"], e["target"]) for e in page["entries"]] == [
+        ("group.add", "friends"),
+        ("group.add", "family"),
+    ]
+    assert page["entries"][0]["actor"].startswith("cli:")
+    older = run("audit", "--before", page["next_before"], "--data-dir", home).out
+    assert "init" in older and "friends" not in older
+
+
 def test_data_dir_from_isidorus_home(run, home):
     r = run("user", "list", "--json", env={"ISIDORUS_HOME": str(home)})
     assert [u["name"] for u in json.loads(r.out)] == ["admin"]

@@ -13,7 +13,14 @@ from tests.web.test_app import PW, client, csrf_of, host, login  # noqa: F401  (
 
 ADMIN_PW = "the host keeper's passphrase"
 
-PAGES = ["/admin", "/admin/users", "/admin/users/bob", "/admin/groups", "/admin/groups/family"]
+PAGES = [
+    "/admin",
+    "/admin/users",
+    "/admin/users/bob",
+    "/admin/groups",
+    "/admin/groups/family",
+    "/admin/audit",
+]
 FORMS = [
     "/admin/users",
     "/admin/users/bob/profile",
@@ -222,3 +229,25 @@ def test_admin_changes_are_in_the_audit_log(admin):
     with admin.app.state.db.write() as conn:
         rows = conn.execute(select(audit_log).where(audit_log.c.actor == "admin")).all()
     assert {("group.add", "choir"), ("user.disable", "bob")} <= {(r.action, r.target) for r in rows}
+
+
+def test_the_audit_log_page_pages_back(admin):
+    for i in range(55):
+        post(admin, "/admin/groups", name=f"g{i:02}")
+    page = admin.get("/admin/audit").text
+    assert page.count("<code>group.add</code>") == 50  # the newest 50
+    assert "g54" in page and "g04" not in page
+    older = re.search(r'href="(/admin/audit\?before=\d+)"', page).group(1)
+    page = admin.get(older).text
+    assert "g04" in page and "g54" not in page
+    assert "<code>init</code>" in page  # the oldest entry, on the last page
+    assert "before=" not in page
+
+
+def test_the_overview_lists_the_services_signing_in_and_their_groups(host, admin):  # noqa: F811
+    from isidorus.ops import oidc
+
+    db = ops.open_state(host)
+    oidc.add_client(db, "test", "wiki", ["https://wiki.example.org/cb"], allowed_groups=["family"])
+    page = admin.get("/admin").text
+    assert "wiki" in page and "https://wiki.example.org/cb" in page and ">family<" in page
