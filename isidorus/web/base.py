@@ -110,6 +110,7 @@ class Host:
     contact: str = ""
     hosted_at: str = ""
     backups_at: str = ""
+    terms: str = ""
     secure_cookies: bool = False
     language: str = i18n.SOURCE
 
@@ -126,11 +127,18 @@ class Host:
                 "contact",
                 "hosted_at",
                 "backups_at",
+                "terms",
                 "secure_cookies",
                 "language",
             )
             if k in doc
         }
+        for key, value in known.items():
+            wanted = bool if key == "secure_cookies" else str
+            if not isinstance(value, wanted):
+                raise UsageError(
+                    f"{path}: {key} must be {'true or false' if wanted is bool else 'a string'}"
+                )
         if known.get("language", i18n.SOURCE) not in i18n.LANGUAGES:
             allowed = " or ".join(f'"{code}"' for code in i18n.LANGUAGES)
             raise UsageError(f'{path}: language = "{known["language"]}" is unknown: use {allowed}')

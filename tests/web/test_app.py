@@ -6,6 +6,7 @@ import re
 import pytest
 from starlette.testclient import TestClient
 
+from isidorus.errors import IsidorusError
 from isidorus.ops import accounts as ops
 from isidorus.web.app import COOKIE, create_app
 
@@ -207,3 +208,20 @@ def test_admin_area_is_for_admins(client):
         "/admin/users/bob/state", data={"csrf": csrf_of(page.text), "state": "disabled"}
     )
     assert r.status_code == 403
+
+
+def test_the_public_page_shows_the_hosts_own_words(host):
+    with open(f"{host}/isidorus.toml", "a") as f:
+        f.write('hosted_at = "A rented server in Lyon"\ncontact = "<b>ada</b>@example.org"\n')
+        f.write('terms = "Members are asked to be kind."\n')
+    with TestClient(create_app(host), base_url="http://localhost") as c:
+        page = c.get("/").text
+    assert "A rented server in Lyon" in page and "Members are asked to be kind." in page
+    assert "&lt;b&gt;ada&lt;/b&gt;@example.org" in page  # escaped
+
+
+def test_a_config_value_of_the_wrong_type_is_one_line(host):
+    with open(f"{host}/isidorus.toml", "a") as f:
+        f.write("terms = 5\n")
+    with pytest.raises(IsidorusError, match="terms must be a string"):
+        create_app(host)
