@@ -25,6 +25,13 @@ __all__ = ["Pages", "safe_next"]
 PENDING_COOKIE = "isidorus_pending"
 
 
+class Throttled(Exception):
+    """Logins are refused for a while (carries what the login page needs)."""
+
+    def __init__(self, csrf: str, next: str) -> None:
+        self.csrf, self.next = csrf, next
+
+
 class Pages(Views):
     def routes(self) -> list[Route]:
         return [
@@ -56,20 +63,32 @@ class Pages(Views):
         )
         return response
 
-    async def login(self, request: Request) -> Response:
+    async def attempt(self, request: Request) -> tuple[dict[str, str], str, str, str]:
+        """The posted login form (its CSRF checked), the name, the address and where to
+        go next; raises Throttled while logins are refused for the name or address."""
         form = await self.form(request, None)
         name = form.get("name", "").strip().lower()
         address = request.client.host if request.client else "?"
         nxt = safe_next(form.get("next", ""))
         if ops.login_blocked(self.db, name, address):
-            return self.login_page(
-                request,
-                "login.html",
-                status=429,
-                csrf=form["csrf"],
-                next=nxt,
-                error=gettext("too many failed attempts: wait a quarter of an hour"),
-            )
+            raise Throttled(form["csrf"], nxt)
+        return form, name, address, nxt
+
+    def throttled(self, request: Request, exc: Throttled) -> Response:
+        return self.login_page(
+            request,
+            "login.html",
+            status=429,
+            csrf=exc.csrf,
+            next=exc.next,
+            error=gettext("too many failed attempts: wait a quarter of an hour"),
+        )
+
+    async def login(self, request: Request) -> Response:
+        try:
+            form, name, address, nxt = await self.attempt(request)
+        except Throttled as exc:
+            return self.throttled(request, exc)
         try:
             result = ops.login(self.db, name, form.get("password", ""))
         except LoginFailed as exc:
@@ -101,19 +120,10 @@ class Pages(Views):
         return self.logged_in(name, result.token, nxt)
 
     async def login_code(self, request: Request) -> Response:
-        form = await self.form(request, None)
-        name = form.get("name", "").strip().lower()
-        address = request.client.host if request.client else "?"
-        nxt = safe_next(form.get("next", ""))
-        if ops.login_blocked(self.db, name, address):
-            return self.login_page(
-                request,
-                "login.html",
-                status=429,
-                csrf=form["csrf"],
-                next=nxt,
-                error=gettext("too many failed attempts: wait a quarter of an hour"),
-            )
+        try:
+            form, name, address, nxt = await self.attempt(request)
+        except Throttled as exc:
+            return self.throttled(request, exc)
         pending = request.cookies.get(PENDING_COOKIE, "")
         try:
             result = ops.login_code(self.db, name, pending, form.get("code", ""))
