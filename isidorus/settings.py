@@ -60,22 +60,39 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 CONFIG_FILE = "/etc/isidorus/isidorus.toml"
+REMOTES_FILE = "remotes.toml"  # in the .d folder: written by `isidorus backup remote`
+
+
+def config_path(environ: Mapping[str, str] | None = None) -> str:
+    env = os.environ if environ is None else environ
+    return env.get("ISIDORUS_CONFIG", CONFIG_FILE)
+
+
+def remotes_path(config_file: str) -> str:
+    return os.path.join(config_file + ".d", REMOTES_FILE)
+
+
+def _documents(path: str) -> list[tuple[str, dict[str, Any]]]:
+    """The configuration file and its .d/*.toml, in the order they apply."""
+    docs = []
+    for f in [path, *sorted(glob.glob(path + ".d/*.toml"))]:
+        try:
+            with open(f, "rb") as fh:
+                docs.append((f, tomllib.load(fh)))
+        except FileNotFoundError:
+            continue
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise UsageError(f"cannot read the configuration {f}: {exc}") from None
+    return docs
 
 
 def load(
     config_file: str | None = None, environ: Mapping[str, str] | None = None
 ) -> dict[str, Any]:
     env = os.environ if environ is None else environ
-    path = config_file or env.get("ISIDORUS_CONFIG", CONFIG_FILE)
+    path = config_file or config_path(env)
     values = {s.name: s.default for s in SETTINGS}
-    for f in [path, *sorted(glob.glob(path + ".d/*.toml"))]:
-        try:
-            with open(f, "rb") as fh:
-                doc = tomllib.load(fh)
-        except FileNotFoundError:
-            continue
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise UsageError(f"cannot read the configuration {f}: {exc}") from None
+    for _f, doc in _documents(path):
         for k, v in doc.items():
             if k in values:
                 values[k] = v
@@ -89,3 +106,28 @@ def load(
                     f"ISIDORUS_{s.name.upper()}={raw!r} is not a valid {type(s.default).__name__}"
                 ) from None
     return values
+
+
+@dataclass(frozen=True)
+class Remote:
+    """A named place for a store: `[remotes.NAME]` with `url` in a configuration file."""
+
+    name: str
+    url: str
+    file: str  # where it is defined
+
+
+def load_remotes(config_file: str) -> dict[str, Remote]:
+    """The remotes of the configuration file and its .d/*.toml (a later file's
+    definition of a name wins)."""
+    remotes: dict[str, Remote] = {}
+    for f, doc in _documents(config_file):
+        table = doc.get("remotes", {})
+        if not isinstance(table, dict):
+            raise UsageError(f'`remotes` in {f} must be a table: [remotes.NAME] with url = "…"')
+        for name, entry in table.items():
+            url = entry.get("url") if isinstance(entry, dict) else None
+            if not isinstance(url, str):
+                raise UsageError(f'[remotes.{name}] in {f} needs url = "…" (a string)')
+            remotes[name] = Remote(name, url, f)
+    return remotes

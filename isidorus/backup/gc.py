@@ -88,12 +88,16 @@ def load_condemned(repo: Repository) -> None:
     repo.cache.set_condemned(state["epoch"], (raw[i : i + 32] for i in range(0, len(raw), 32)))
 
 
-class _Marker:
-    """The set of blobs reached from snapshots, in a temporary on-disk table."""
+class Marker:
+    """The set of blobs reached from snapshots, in a temporary on-disk table. A snapshot
+    or tree that cannot be read stops the marking: `stop` says what stopped."""
 
-    def __init__(self, repo: Repository, table: str) -> None:
+    def __init__(
+        self, repo: Repository, table: str, stop: str = "gc stopped before deleting anything"
+    ) -> None:
         self.repo = repo
         self.table = table
+        self.stop = stop
         db = repo.cache.db
         db.execute(f"CREATE TEMP TABLE IF NOT EXISTS {table} (id BLOB PRIMARY KEY) WITHOUT ROWID")
         db.execute(f"DELETE FROM {table}")
@@ -109,8 +113,7 @@ class _Marker:
             return  # pruned meanwhile: it needs nothing
         except IntegrityError as exc:
             raise IntegrityError(
-                f"gc stopped before deleting anything: {exc}; run "
-                "`isidorus backup verify` and repair the store first"
+                f"{self.stop}: {exc}; run `isidorus backup verify` and repair the store first"
             ) from None
         stack = [snap.tree]
         db = self.repo.cache.db
@@ -122,8 +125,7 @@ class _Marker:
                 nodes = decode_tree(self.repo.load_blob(tid))
             except IntegrityError as exc:
                 raise IntegrityError(
-                    f"gc stopped before deleting anything: snapshot "
-                    f"{name[:8]} has an unreadable tree ({exc}); run "
+                    f"{self.stop}: snapshot {name[:8]} has an unreadable tree ({exc}); run "
                     "`isidorus backup verify` first"
                 ) from None
             ids = []
@@ -183,7 +185,7 @@ def mark(repo: Repository, own_sessions: set[str]) -> dict[str, Any]:
             "damaged, and what it needs cannot be known; repair it from another copy, or drop "
             "it with `isidorus backup forget`"
         )
-    m = _Marker(repo, "referenced")
+    m = Marker(repo, "referenced")
     for name in snapshots:
         m.mark_snapshot(name)
     nums = ",".join(str(n) for n in files.values()) or "NULL"
@@ -226,7 +228,7 @@ def sweep(
     repo.refresh_index()
     db = repo.cache.db
     # pardon what snapshots made since the mark reach
-    m = _Marker(repo, "pardoned")
+    m = Marker(repo, "pardoned")
     old = set(state["snapshots"])
     for name in repo.snapshot_names():
         if name not in old:

@@ -42,7 +42,7 @@ IMAGE_CHUNK_SIZE = 1024 * 1024
 PACK_SIZE = 16 * 1024 * 1024
 
 
-def _checksum(doc: dict[str, Any]) -> str:
+def checksum(doc: dict[str, Any]) -> str:
     body = {k: v for k, v in doc.items() if k != "checksum"}
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
@@ -61,7 +61,7 @@ def read_config(backend: Backend) -> dict[str, Any]:
         raise IntegrityError(f"{backend.location}/config is damaged (not JSON)") from None
     if doc.get("format") != "isidorus-store":
         raise StoreError(f"{backend.location} is not an isidorus store")
-    if doc.get("checksum") != _checksum(doc):
+    if doc.get("checksum") != checksum(doc):
         raise IntegrityError(f"{backend.location}/config is damaged (checksum mismatch)")
     if doc.get("version") != FORMAT_VERSION:
         raise StoreError(
@@ -113,7 +113,7 @@ class Repository:
         }
         if not encrypted:
             config["mac_key"] = master.mac.hex()
-        config["checksum"] = _checksum(config)
+        config["checksum"] = checksum(config)
         keyfile = (
             wrap_key(master, passphrase(), kdf or KdfParams()) if encrypted and passphrase else None
         )
@@ -140,10 +140,13 @@ class Repository:
             if passphrase is None:
                 raise KeyError_("this store is encrypted: give its passphrase")
             crypto = Crypto(unlock(backend, passphrase()), encrypted=True)
+        # one cache per copy: copies of a store share its id but not always its objects,
+        # and a cache that followed another copy could offer blobs this one lacks
+        place = hashlib.sha256(backend.location.encode()).hexdigest()[:16]
         path = (
             ":memory:"
             if cache_dir == ":memory:"
-            else os.path.join(cache_dir, config["id"], "index.sqlite")
+            else os.path.join(cache_dir, config["id"], place, "index.sqlite")
         )
         repo = cls(backend, config, crypto, IndexCache(path))
         repo.refresh_index()

@@ -41,6 +41,10 @@ class VerifyOptions:
 class VerifyReport:
     damaged: list[dict[str, Any]] = field(default_factory=list)  # per snapshot
     errors: list[str] = field(default_factory=list)  # per store object
+    # the objects whose bytes are bad or gone ("kind/name"): another copy can replace them
+    objects: list[str] = field(default_factory=list)
+    # blobs that snapshots need and no index object lists: another copy may hold them
+    missing_blobs: set[bytes] = field(default_factory=set)
     snapshots_checked: int = 0
     packs_checked: int = 0
     blobs_checked: int = 0
@@ -55,6 +59,7 @@ class VerifyReport:
             "ok": self.ok,
             "damaged": self.damaged,
             "errors": self.errors,
+            "objects": sorted(self.objects),
             "snapshots_checked": self.snapshots_checked,
             "packs_checked": self.packs_checked,
             "blobs_checked": self.blobs_checked,
@@ -94,16 +99,19 @@ def check_blob(repo: Repository, data: bytes | memoryview, e: BlobEntry) -> str 
     return None
 
 
-def check_pack(
-    repo: Repository, name: str, entries: list[BlobEntry]
-) -> tuple[list[str], set[bytes], int, int]:
-    """Read one pack: (problems, ids of bad blobs, bytes read, blobs checked)."""
+PackCheck = tuple[list[str], set[bytes], int, int, bool]
+
+
+def check_pack(repo: Repository, name: str, entries: list[BlobEntry]) -> PackCheck:
+    """Read one pack: (problems, ids of bad blobs, bytes read, blobs checked, whether its
+    bytes are bad or gone)."""
     try:
         data = repo.backend.read("data", name)
     except FileNotFoundError:
-        return [f"pack {name} is missing"], {e.id for e in entries}, 0, 0
+        return [f"pack {name} is missing"], {e.id for e in entries}, 0, 0, True
     problems = []
-    if hashlib.sha256(data).hexdigest() != name:
+    bad_bytes = hashlib.sha256(data).hexdigest() != name
+    if bad_bytes:
         problems.append(f"pack {name} does not match its name (damaged or tampered with)")
     else:
         try:
@@ -118,7 +126,7 @@ def check_pack(
             bad.add(e.id)
     if bad and not problems:
         problems.append(f"pack {name}: {len(bad)} blobs are damaged")
-    return problems, bad, len(data), len(entries)
+    return problems, bad, len(data), len(entries), bad_bytes
 
 
 class Verifier:
@@ -138,6 +146,7 @@ class Verifier:
                     objects.check_name(name, self.repo.backend.read(kind, name), f"{kind}/{name}")
                 except IntegrityError as exc:
                     self.report.errors.append(str(exc))
+                    self.report.objects.append(f"{kind}/{name}")
 
     def check_packs(self, stored: dict[str, int]) -> None:
         indexed: set[str] = set()
@@ -145,23 +154,26 @@ class Verifier:
         rng = random.Random()
         fraction = self.opts.sample_percent / 100.0
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="verify") as pool:
-            futures: list[Future[tuple[list[str], set[bytes], int, int]]] = []
+            futures: list[tuple[str, Future[PackCheck]]] = []
             for name, entries in _blobs_by_pack(self.repo):
                 indexed.add(name)
                 if name not in stored:
                     self.report.errors.append(f"pack {name} is missing")
+                    self.report.objects.append(f"data/{name}")
                     self.bad.update(e.id for e in entries)
                     continue
                 if not self.opts.read_data or (fraction < 1 and rng.random() >= fraction):
                     continue
-                futures.append(pool.submit(check_pack, self.repo, name, entries))
+                futures.append((name, pool.submit(check_pack, self.repo, name, entries)))
                 if len(futures) > 2 * threads:
-                    self._collect(futures.pop(0))
-            for f in futures:
-                self._collect(f)
+                    self._collect(*futures.pop(0))
+            for name, f in futures:
+                self._collect(name, f)
 
-    def _collect(self, f: Future[tuple[list[str], set[bytes], int, int]]) -> None:
-        problems, bad, n, blobs = f.result()
+    def _collect(self, name: str, f: Future[PackCheck]) -> None:
+        problems, bad, n, blobs, bad_bytes = f.result()
+        if bad_bytes:
+            self.report.objects.append(f"data/{name}")
         self.report.blobs_checked += blobs
         self.report.errors.extend(problems)
         self.bad.update(bad)
@@ -169,12 +181,18 @@ class Verifier:
         self.report.bytes_checked += n
         self.progress.advance(items=1, nbytes=n)
 
+    def indexed(self, bid: bytes) -> bool:
+        if self.repo.cache.lookup(bid) is not None:
+            return True
+        self.report.missing_blobs.add(bid)
+        return False
+
     def damaged_in_tree(self, tid: bytes, prefix: str) -> list[str]:
         """Paths (relative to the tree) that cannot be restored whole."""
         memo = self.tree_memo.get(tid)
         if memo is None:
             memo = []
-            if tid in self.bad or self.repo.cache.lookup(tid) is None:
+            if tid in self.bad or not self.indexed(tid):
                 memo.append("")  # the directory listing itself is lost
             else:
                 try:
@@ -187,7 +205,7 @@ class Verifier:
                     if node["type"] == "dir":
                         memo.extend(name + p for p in self.damaged_in_tree(node["subtree"], ""))
                     elif any(
-                        cid is not None and (cid in self.bad or self.repo.cache.lookup(cid) is None)
+                        cid is not None and (cid in self.bad or not self.indexed(cid))
                         for cid, _n in node.get("content", ())
                     ):
                         memo.append(name)
@@ -204,6 +222,7 @@ class Verifier:
                 self.report.damaged.append(
                     {"snapshot": name, "time": None, "files": [], "reason": str(exc)}
                 )
+                self.report.objects.append(f"snapshots/{name}")
                 continue
             self.report.snapshots_checked += 1
             files = [p or "/" for p in self.damaged_in_tree(snap.tree, "")]

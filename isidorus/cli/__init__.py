@@ -16,6 +16,7 @@ from isidorus import __version__
 from isidorus.cli.accounts import audit, group, init, user
 from isidorus.cli.backup import backup
 from isidorus.cli.directory import directory
+from isidorus.cli.offsite import remote, scrub, sync
 from isidorus.cli.oidc import oidc
 from isidorus.cli.server import serve
 from isidorus.cli.tokens import token
@@ -35,6 +36,9 @@ cli.add_command(audit)
 cli.add_command(token)
 cli.add_command(serve)
 cli.add_command(backup)
+backup.add_command(sync)
+backup.add_command(scrub)
+backup.add_command(remote)
 cli.add_command(oidc)
 cli.add_command(directory)
 

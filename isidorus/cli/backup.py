@@ -19,7 +19,7 @@ from isidorus.backup.gc import GcOptions
 from isidorus.backup.prune import KeepPolicy
 from isidorus.backup.restorer import RestoreOptions
 from isidorus.backup.types import iso_time, parse_time
-from isidorus.backup.verify import VerifyOptions
+from isidorus.backup.verify import VerifyOptions, VerifyReport
 from isidorus.cli.output import (
     TerminalProgress,
     human_bytes,
@@ -29,8 +29,16 @@ from isidorus.cli.output import (
 )
 from isidorus.errors import UsageError
 from isidorus.ops import backups as ops
+from isidorus.ops import offsite, remotes
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def resolve_store(location: str) -> str:
+    """A STORE argument: `remote:NAME` is that remote's URL; anything else is a place."""
+    if not location.startswith(remotes.PREFIX):
+        return location
+    return remotes.resolve(location, settings.load_remotes(settings.config_path()))
 
 
 def store_options(f: F) -> F:
@@ -43,7 +51,9 @@ def store_options(f: F) -> F:
     @functools.wraps(f)
     def wrapper(store: str, passphrase_file: str | None, **kw: Any) -> Any:
         conf = settings.load()
-        ref = ops.StoreRef(store, passphrase_source(passphrase_file), conf["cache_dir"])
+        ref = ops.StoreRef(
+            resolve_store(store), passphrase_source(passphrase_file), conf["cache_dir"]
+        )
         return f(ref, **kw)
 
     return wrapper  # type: ignore[return-value]
@@ -91,7 +101,7 @@ def init(
     encrypted = encryption == "aes256"
     source = passphrase_source(passphrase_file, confirm=True) if encrypted else None
     ops.init_store(
-        store,
+        resolve_store(store),
         source,
         encrypted=encrypted,
         kdf=KdfParams(time_cost=kdf_time, memory_kib=kdf_memory * 1024),
@@ -355,31 +365,57 @@ def restore(
 @click.option(
     "--no-read-data", is_flag=True, help="Check structure only, without reading the packs."
 )
+@click.option(
+    "--repair-from",
+    metavar="OTHER_STORE",
+    help="Replace damaged or missing objects by those of this copy, then verify again.",
+)
 @json_option
 def verify(
-    ref: ops.StoreRef, snapshots: tuple[str, ...], sample: float, no_read_data: bool, as_json: bool
+    ref: ops.StoreRef,
+    snapshots: tuple[str, ...],
+    sample: float,
+    no_read_data: bool,
+    repair_from: str | None,
+    as_json: bool,
 ) -> int:
     """Check the store; exit 1 and name every damaged snapshot and file if any."""
-    report = ops.verify(
-        ref,
-        VerifyOptions(snapshots=snapshots, read_data=not no_read_data, sample_percent=sample),
-        TerminalProgress(),
-    )
-    if as_json:
-        print_json(report.to_json())
-    else:
-        for e in report.errors:
-            click.echo(f"error: {e}")
-        for d in report.damaged:
-            click.echo(f"damaged snapshot {d['snapshot'][:8]} ({d['time'] or '?'}): {d['reason']}")
-            for f in d["files"]:
-                click.echo(f"  {f}")
-        state = "intact" if report.ok else "DAMAGED"
-        click.echo(
-            f"{state}: {report.snapshots_checked} snapshots, {report.packs_checked} "
-            f"packs ({human_bytes(report.bytes_checked)}) checked"
+    options = VerifyOptions(snapshots=snapshots, read_data=not no_read_data, sample_percent=sample)
+    if repair_from is not None:
+        result = offsite.verify_and_repair(
+            ref, resolve_store(repair_from), options, TerminalProgress()
         )
+        if as_json:
+            print_json(result.to_json())
+            return 0 if result.ok else 1
+        if not result.before.ok:
+            _print_verify(result.before, "before the repair: ")
+        for obj in result.repaired:
+            click.echo(f"repaired {obj}")
+        for p in result.not_repaired:
+            click.echo(f"not repaired {p['object']}: {p['problem']}")
+        report = result.after
+    else:
+        report = ops.verify(ref, options, TerminalProgress())
+        if as_json:
+            print_json(report.to_json())
+            return 0 if report.ok else 1
+    _print_verify(report)
     return 0 if report.ok else 1
+
+
+def _print_verify(report: VerifyReport, prefix: str = "") -> None:
+    for e in report.errors:
+        click.echo(f"error: {e}")
+    for d in report.damaged:
+        click.echo(f"damaged snapshot {d['snapshot'][:8]} ({d['time'] or '?'}): {d['reason']}")
+        for f in d["files"]:
+            click.echo(f"  {f}")
+    state = "intact" if report.ok else "DAMAGED"
+    click.echo(
+        f"{prefix}{state}: {report.snapshots_checked} snapshots, {report.packs_checked} "
+        f"packs ({human_bytes(report.bytes_checked)}) checked"
+    )
 
 
 @backup.command()

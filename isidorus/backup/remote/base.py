@@ -13,12 +13,16 @@ Contract shared by every backend (checked by `conformance.py`):
   can help; `read` of a missing object raises FileNotFoundError so callers can tell
   "absent" from "broken".
 * Methods may be called from several threads at once.
+
+A backend may also offer `replace` (the `Replacing` protocol): put intact bytes in place of
+a damaged immutable object in one atomic step. Repairs use it when it is there; without
+it they remove the damaged object, then write the good one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 KINDS = ("data", "index", "snapshots", "keys", "locks", "gc")
 MUTABLE_KINDS = frozenset({"locks", "gc"})
@@ -73,3 +77,14 @@ class Backend(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class Replacing(Protocol):
+    """A backend that can swap an object for other bytes atomically."""
+
+    def replace(self, kind: str, name: str, data: bytes | bytearray | memoryview) -> None:
+        """Put `data` under (kind, name) whether or not an object is there, durably and
+        atomically: a reader sees the old object or the new one, never neither. Only for
+        repairs, whose caller has checked that `data` matches the name."""
+        ...

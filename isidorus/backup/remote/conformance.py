@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from isidorus.backup.errors import BackendError
-from isidorus.backup.remote.base import CONFIG, KINDS, MUTABLE_KINDS, Backend
+from isidorus.backup.remote.base import CONFIG, KINDS, MUTABLE_KINDS, Backend, Replacing
 
 IMMUTABLE_KINDS = tuple(k for k in KINDS if k not in MUTABLE_KINDS)
 
@@ -353,6 +353,27 @@ def check_upload_mutable(backend: Backend) -> None:
     _eq(backend.read("gc", "state"), b"new", "gc/state after an upload replaced it")
 
 
+def check_replace(backend: Backend) -> None:
+    """A backend that offers `replace` (optional) swaps a damaged immutable object for
+    intact bytes, new readers and ranges see them, and a missing one is simply written."""
+    if not isinstance(backend, Replacing):
+        return  # repairs then remove and write: nothing more to check
+    good = _data("replace", 5000)
+    name = content_name(good)
+    backend.write("data", name, b"damaged bytes")
+    _eq(backend.read_range("data", name, 0, 7), b"damaged", "read_range before replace")
+    backend.replace("data", name, good)
+    _eq(backend.read("data", name), good, "read after replace")
+    _eq(backend.read_range("data", name, 4000, 10), good[4000:4010], "read_range after replace")
+    _eq(_listing(backend, "data"), {name: len(good)}, "list(data) after replace")
+    other = _data("replace-missing", 300)
+    backend.replace("index", content_name(other), other)
+    _eq(backend.read("index", content_name(other)), other, "replace of a missing object")
+    backend.write(*CONFIG, b"{damaged")
+    backend.replace(*CONFIG, b"{}")
+    _eq(backend.read(*CONFIG), b"{}", "config after replace")
+
+
 def _run_threads(n: int, target: Callable[[int], None]) -> None:
     errors: list[BaseException] = []
     start = threading.Barrier(n)
@@ -502,6 +523,7 @@ CHECKS: tuple[Check, ...] = (
     check_write_after_remove,
     check_upload,
     check_upload_mutable,
+    check_replace,
     check_concurrent_writes,
     check_concurrent_exclusive,
     check_concurrent_reads,

@@ -233,6 +233,27 @@ class LocalBackend:
                 os.unlink(tmp)
             raise _translate(exc, f"{self.root}/{kind}") from exc
 
+    def replace(self, kind: str, name: str, data: bytes | bytearray | memoryview) -> None:
+        # rename(2) swaps the name to the new file in one step, even over an existing one
+        final = self._path(kind, name)
+        tmp = os.path.join(self.root, "tmp", f"{self.tmp_tag}-{secrets.token_hex(8)}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._forget_fd(kind, name)
+            os.rename(tmp, final)
+            fsync_dir(os.path.dirname(final))
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise _translate(exc, f"{self.root}/{kind}") from exc
+
     def upload(self) -> LocalUpload:
         return LocalUpload(self)
 

@@ -67,6 +67,10 @@ class MemoryBackend:
                 return
             self.objects[key] = bytes(data)
 
+    def replace(self, kind: str, name: str, data: bytes | bytearray | memoryview) -> None:
+        with self._lock:
+            self.objects[(kind, name)] = bytes(data)
+
     def upload(self) -> MemoryUpload:
         return MemoryUpload(self)
 
