@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -327,3 +328,33 @@ def sync_stores(
     else:
         _remove_what_source_lacks(listing, dest, own_sessions or set(), result)
     return result
+
+
+def copy_store(
+    source: Backend,
+    dest: Backend,
+    options: SyncOptions | None = None,
+    progress: Progress | None = None,
+    open_source: Callable[[], Repository] | None = None,
+) -> SyncResult:
+    """A whole sync: a session on SOURCE, DEST made a copy if it is none yet, the
+    exclusive lock on DEST, then `sync_stores`. `open_source` opens SOURCE with its key;
+    it is called only for a sync of chosen snapshots."""
+    opts = options or SyncOptions()
+    if opts.snapshots and open_source is None:
+        raise ValueError("a sync of chosen snapshots needs the key of the source")
+    result = SyncResult()
+    with locks.session(source, "sync", read_only=True):
+        repo = open_source() if opts.snapshots and open_source is not None else None
+        try:
+            if repo is not None:
+                for ref in opts.snapshots:
+                    repo.find_snapshot(ref)  # a wrong one stops the sync before it starts
+            prepare_destination(source, dest, result)
+            with locks.session(dest, "sync", exclusive=True) as me:
+                return sync_stores(
+                    source, dest, result, opts, progress, repo=repo, own_sessions={me.name}
+                )
+        finally:
+            if repo is not None:
+                repo.cache.close()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import random
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,10 +21,12 @@ from typing import Any
 import zstandard
 
 from isidorus.backup import objects
-from isidorus.backup.errors import IntegrityError
+from isidorus.backup.errors import IntegrityError, StoreError
 from isidorus.backup.pack import COMPRESSED, BlobEntry, read_header
 from isidorus.backup.progress import NullProgress, Progress
-from isidorus.backup.repository import Repository
+from isidorus.backup.remote.base import Backend
+from isidorus.backup.repository import Repository, read_config
+from isidorus.backup.scrub import locate_blobs, repair_objects
 from isidorus.backup.tree import decode_tree
 from isidorus.backup.types import Snapshot, iso_time
 
@@ -252,3 +254,67 @@ def verify_store(
     finally:
         v.progress.finish()
     return v.report
+
+
+@dataclass
+class RepairReport:
+    """A verify, the repairs from another copy, and the verify after them."""
+
+    before: VerifyReport
+    after: VerifyReport
+    repaired: list[str] = field(default_factory=list)  # "kind/name"
+    not_repaired: list[dict[str, str]] = field(default_factory=list)  # {"object", "problem"}
+
+    @property
+    def ok(self) -> bool:
+        return self.after.ok
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **self.after.to_json(),
+            "before": self.before.to_json(),
+            "repaired": self.repaired,
+            "not_repaired": self.not_repaired,
+        }
+
+
+def repair_from_copy(
+    repo: Repository,
+    other: Backend,
+    before: VerifyReport,
+    options: VerifyOptions,
+    progress: Progress | None = None,
+    open_other: Callable[[], Repository] | None = None,
+) -> RepairReport:
+    """Replace the objects `before` found damaged or missing by the intact ones of
+    `other`, a copy of the same store, then verify again. Blobs that no index object
+    lists are looked up in the other copy's index (`open_other` opens it with the key),
+    and its index objects and packs that hold them are copied in. The caller holds a
+    session on both stores."""
+    progress = progress or NullProgress()
+    if read_config(other)["id"] != repo.id:
+        raise StoreError(f"{other.location} holds another store: repair from a copy of this one")
+    out = RepairReport(before, before)
+    wanted = sorted(set(before.objects))
+    absent: set[bytes] = set()
+    if before.missing_blobs and open_other is not None:
+        copy = open_other()
+        try:
+            located, absent = locate_blobs(copy, before.missing_blobs)
+        finally:
+            copy.cache.close()
+        for obj in located:
+            kind, name = obj.split("/", 1)
+            if obj not in wanted and not repo.backend.exists(kind, name):
+                wanted.append(obj)
+    out.repaired, out.not_repaired = repair_objects(repo.backend, other, wanted, progress)
+    if absent:
+        out.not_repaired.append(
+            {
+                "object": f"{len(absent)} blobs",
+                "problem": f"neither the store nor {other.location} has them",
+            }
+        )
+    repo.refresh_index()
+    out.after = verify_store(repo, options, progress)
+    return out

@@ -9,23 +9,16 @@ environment.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 
 from isidorus.backup import locks
 from isidorus.backup.errors import StoreError
 from isidorus.backup.progress import Progress
 from isidorus.backup.remote.base import Backend
 from isidorus.backup.remote.local import LocalBackend
-from isidorus.backup.repository import Repository, read_config
-from isidorus.backup.scrub import (
-    ScrubReport,
-    check_same_store,
-    locate_blobs,
-    repair_objects,
-    scrub_store,
-)
-from isidorus.backup.sync import SyncOptions, SyncResult, prepare_destination, sync_stores
-from isidorus.backup.verify import VerifyOptions, VerifyReport, verify_store
+from isidorus.backup.repository import Repository
+from isidorus.backup.scrub import ScrubReport, check_same_store, repair_objects, scrub_store
+from isidorus.backup.sync import SyncOptions, SyncResult, copy_store
+from isidorus.backup.verify import RepairReport, VerifyOptions, repair_from_copy, verify_store
 from isidorus.errors import UsageError
 from isidorus.ops.backups import StoreRef, backend_for, open_backend, opened
 
@@ -52,28 +45,13 @@ def sync(source: StoreRef, dest: str, options: SyncOptions, progress: Progress) 
             raise UsageError("SOURCE and DEST are the same store: give another place for the copy")
         if isinstance(dst, LocalBackend) and os.path.lexists(dst.root):
             _place(dst)
-        result = SyncResult()
-        with locks.session(src, "sync", read_only=True):
-            prepare_destination(src, dst, result)
-            with locks.session(dst, "sync", exclusive=True) as me:
-                repo = (
-                    Repository.open(src, source.passphrase, source.cache_dir)
-                    if options.snapshots
-                    else None
-                )
-                try:
-                    return sync_stores(
-                        src,
-                        dst,
-                        result,
-                        options,
-                        progress,
-                        repo=repo,
-                        own_sessions={me.name},
-                    )
-                finally:
-                    if repo is not None:
-                        repo.cache.close()
+        return copy_store(
+            src,
+            dst,
+            options,
+            progress,
+            lambda: Repository.open(src, source.passphrase, source.cache_dir),
+        )
     finally:
         src.close()
         dst.close()
@@ -102,70 +80,25 @@ def scrub(location: str, repair_from: str | None, progress: Progress) -> ScrubRe
         backend.close()
 
 
-@dataclass
-class RepairReport:
-    """verify, the repairs from the other copy, and verify again."""
-
-    before: VerifyReport
-    after: VerifyReport
-    repaired: list[str] = field(default_factory=list)
-    not_repaired: list[dict[str, str]] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return self.after.ok
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            **self.after.to_json(),
-            "before": self.before.to_json(),
-            "repaired": self.repaired,
-            "not_repaired": self.not_repaired,
-        }
-
-
 def verify_and_repair(
     ref: StoreRef, other_location: str, options: VerifyOptions, progress: Progress
 ) -> RepairReport:
-    """Verify the store; replace the objects found damaged or missing by the intact ones
-    of another copy (opened with the same passphrase when blobs are missing from the
-    index, to find which objects hold them); then verify again."""
+    """Verify the store, replace what is damaged or missing by the intact objects of
+    another copy, and verify again (see `verify.repair_from_copy`)."""
     with opened(ref, "verify-repair") as repo:
         before = verify_store(repo, options, progress)
-        out = RepairReport(before, before)
         if before.ok:
-            return out
+            return RepairReport(before, before)
         other = open_backend(StoreRef(other_location, None, ""))
         try:
-            if read_config(other)["id"] != repo.id:
-                raise StoreError(
-                    f"{other_location} holds another store: repair from a copy of this one"
-                )
             with locks.session(other, "verify", read_only=True):
-                wanted = sorted(set(before.objects))
-                absent: set[bytes] = set()
-                if before.missing_blobs:
-                    copy = Repository.open(other, ref.passphrase, ":memory:")
-                    try:
-                        located, absent = locate_blobs(copy, before.missing_blobs)
-                    finally:
-                        copy.cache.close()
-                    for obj in located:
-                        kind, name = obj.split("/", 1)
-                        if obj not in wanted and not repo.backend.exists(kind, name):
-                            wanted.append(obj)
-                out.repaired, out.not_repaired = repair_objects(
-                    repo.backend, other, wanted, progress
+                return repair_from_copy(
+                    repo,
+                    other,
+                    before,
+                    options,
+                    progress,
+                    lambda: Repository.open(other, ref.passphrase, ":memory:"),
                 )
-                if absent:
-                    out.not_repaired.append(
-                        {
-                            "object": f"{len(absent)} blobs",
-                            "problem": f"neither the store nor {other_location} has them",
-                        }
-                    )
         finally:
             other.close()
-        repo.refresh_index()
-        out.after = verify_store(repo, options, progress)
-        return out
