@@ -26,18 +26,34 @@ def _commands(group: click.Group, prefix: str) -> list[tuple[str, click.Command]
     return out
 
 
+OFFSITE_GUIDE = (ROOT / "docs" / "offsite.md").read_text()
 BACKUP = _commands(cli.commands["backup"], "isidorus backup")  # type: ignore[arg-type]
+# copies of a store have their own guide
+OFFSITE = ("isidorus backup sync", "isidorus backup scrub", "isidorus backup remote")
 
 
 @pytest.mark.parametrize(("name", "cmd"), BACKUP, ids=[n for n, _ in BACKUP])
 def test_every_backup_command_has_help_and_docs(name, cmd):
     assert cmd.help and cmd.help.strip(), f"{name} has no help text"
+    guide, path = (
+        (OFFSITE_GUIDE, "docs/offsite.md")
+        if name.startswith(OFFSITE)
+        else (GUIDE, "docs/backup.md")
+    )
     if not isinstance(cmd, click.Group):
-        assert name in GUIDE, f"docs/backup.md does not show `{name}`"
+        assert name in guide, f"{path} does not show `{name}`"
         for param in cmd.params:
             if isinstance(param, click.Option) and not param.hidden:
                 opt = max(param.opts, key=len)
-                assert opt in GUIDE, f"docs/backup.md does not mention {name} {opt}"
+                assert opt in guide, f"{path} does not mention {name} {opt}"
+
+
+def test_the_offsite_guide_is_linked_and_covers_repairs():
+    assert "(offsite.md)" in GUIDE
+    assert "(docs/offsite.md)" in (ROOT / "README.md").read_text()
+    assert "isidorus backup verify STORE --repair-from" in OFFSITE_GUIDE
+    for field in ("snapshots_copied", "packs_sent", "objects_sent", "bytes_sent"):
+        assert f"`{field}`" in OFFSITE_GUIDE, f"docs/offsite.md does not explain {field}"
 
 
 SERVER_GUIDE = (ROOT / "docs" / "server.md").read_text()
