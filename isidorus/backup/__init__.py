@@ -17,6 +17,10 @@ index       Objects that say which pack holds which blob; cached locally in SQLi
 snapshot    One backup: time, host, paths, tags, and its root tree.
 session     A record in `locks/` that a process is using the store (see locks.py).
 gc          Frees packs no snapshot needs, in two phases that let backups run meanwhile.
+copy        Another store with the same config and objects, made by sync without the key
+            (objects cross sealed, checked against their names); copies repair one
+            another object by object.
+scrub       Checks every object against its name, without the key.
 
 This package imports nothing from the rest of isidorus but `isidorus.errors`.
 """

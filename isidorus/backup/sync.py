@@ -29,7 +29,6 @@ is removed from DEST on the strength of a listing that changed under it.
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -177,7 +176,6 @@ class _Copier:
         self.dest = dest
         self.opts = opts
         self.progress = progress
-        self.lock = threading.Lock()
 
     def copy(
         self, kind: str, todo: list[tuple[str, int]], result: SyncResult
