@@ -264,6 +264,13 @@ def _remove_what_source_lacks(
         )
         return
     have = list_store(dest)
+    if have.snapshots and not listing.snapshots:
+        # more likely a mistake (or a listing gone wrong) than a wish to lose every copy
+        result.postponed = (
+            "the source has no snapshot left, so the copy keeps its own: remove them there "
+            "with `isidorus backup forget` if that is really meant"
+        )
+        return
     for kind in ("snapshots", "index", "data"):
         for name in sorted(have.of(kind).keys() - listing.of(kind).keys()):
             dest.remove(kind, name)

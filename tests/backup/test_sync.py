@@ -168,6 +168,17 @@ def test_removals_wait_while_someone_uses_the_copy(source):
     assert r.snapshots_removed == 1 and not r.postponed
 
 
+def test_a_source_emptied_of_snapshots_does_not_empty_the_copy(source):
+    dest = MemoryBackend()
+    copy_store(source.backend, dest)
+    for name, _s in list(source.backend.list("snapshots")):
+        source.backend.remove("snapshots", name)
+    assert collect_garbage(source).done
+    r = copy_store(source.backend, dest)
+    assert r.objects_removed == 0 and "forget" in r.postponed
+    assert len(list(dest.list("snapshots"))) == 2
+
+
 def test_a_new_passphrase_reaches_the_copy_and_the_old_one_stops_opening_it(source, tmp_path):
     dest = MemoryBackend()
     copy_store(source.backend, dest)
