@@ -57,6 +57,12 @@ SETTINGS: tuple[Setting, ...] = (
         "Where the local index caches of stores are kept (safe to delete).",
     ),
     Setting("backup_threads", 0, "Worker threads for backup and restore; 0 means one per core."),
+    Setting(
+        "services_dir",
+        "/etc/isidorus/services.d",
+        "The operator's own service manifests, added to the catalog (an id that is already "
+        "in the catalog replaces the built-in service).",
+    ),
 )
 
 CONFIG_FILE = "/etc/isidorus/isidorus.toml"

@@ -18,6 +18,7 @@ from isidorus.cli.backup import backup
 from isidorus.cli.directory import directory
 from isidorus.cli.oidc import oidc
 from isidorus.cli.server import serve
+from isidorus.cli.services import service
 from isidorus.cli.tokens import token
 from isidorus.errors import IsidorusError
 
@@ -34,6 +35,7 @@ cli.add_command(group)
 cli.add_command(audit)
 cli.add_command(token)
 cli.add_command(serve)
+cli.add_command(service)
 cli.add_command(backup)
 cli.add_command(oidc)
 cli.add_command(directory)
