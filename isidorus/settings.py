@@ -57,6 +57,23 @@ SETTINGS: tuple[Setting, ...] = (
         "Where the local index caches of stores are kept (safe to delete).",
     ),
     Setting("backup_threads", 0, "Worker threads for backup and restore; 0 means one per core."),
+    Setting(
+        "s3_endpoint",
+        "",
+        "The S3 server of s3:// stores, e.g. https://s3.example.org; empty: AWS_ENDPOINT_URL_S3, "
+        "AWS_ENDPOINT_URL or the AWS config file, else Amazon's.",
+    ),
+    Setting("s3_region", "", "The S3 region; empty: AWS_REGION or the AWS config file."),
+    Setting(
+        "s3_addressing_style",
+        "auto",
+        "How bucket names go in S3 requests: path (most self-hosted servers), virtual or auto.",
+    ),
+    Setting(
+        "s3_credentials_file",
+        "",
+        "An AWS credentials file for s3:// stores; empty: AWS_* variables and ~/.aws/credentials.",
+    ),
 )
 
 CONFIG_FILE = "/etc/isidorus/isidorus.toml"
