@@ -5,7 +5,8 @@ import os
 
 import pytest
 from botocore.awsrequest import AWSResponse
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, ResponseStreamingError
+from botocore.response import StreamingBody
 
 from isidorus.backup.errors import BackendError, StoreError
 from isidorus.backup.remote import conformance
@@ -483,3 +484,27 @@ def test_backend_for_s3_takes_the_settings(s3_env):
     assert b.endpoint == "http://127.0.0.1:9"
     assert b.client.meta.region_name == "garage"
     assert b.client.meta.config.s3 == {"addressing_style": "path"}
+
+
+def test_a_broken_download_is_read_again(store, monkeypatch):
+    """botocore retries a request, not the reading of its body: the backend does that."""
+    store.write("locks", "me", b"the lock")
+    real, calls = StreamingBody.read, []
+
+    def flaky(self, *a, **kw):
+        calls.append(1)
+        if len(calls) == 1:
+            raise ResponseStreamingError(error="connection reset by peer")
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(StreamingBody, "read", flaky)
+    assert store.read("locks", "me") == b"the lock"
+    assert len(calls) == 2
+
+    def broken(self, *a, **kw):
+        raise ResponseStreamingError(error="connection reset by peer")
+
+    monkeypatch.setattr(StreamingBody, "read", broken)
+    with pytest.raises(BackendError, match="connection .* broke") as info:
+        store.read_range("locks", "me", 0, 3)
+    assert not info.value.permanent

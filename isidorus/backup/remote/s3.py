@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 import boto3
+import botocore.loaders
 import botocore.session
 from botocore.config import Config
 from botocore.exceptions import (
@@ -303,7 +304,7 @@ class S3Backend:
                     f"the S3 store is full while writing {what} ({code}): free space or raise "
                     "the quota, then run the command again (nothing was lost)"
                 )
-            if code in _TRANSIENT or status >= 500 or status in (408, 429):
+            if code in _TRANSIENT or (status >= 500 and status != 501) or status in (408, 429):
                 return BackendError(
                     f"{self.endpoint} failed on {what} ({code}: {detail}): try again later",
                     permanent=False,
@@ -382,7 +383,8 @@ class S3Backend:
                     if code == "PreconditionFailed" or _status(exc) == 412:
                         return False
                     if code == "ConditionalRequestConflict" and attempt < 2:
-                        continue  # another write of this key was under way: ask again
+                        time.sleep(0.1)  # another write of this key was under way: ask again
+                        continue
                     if code not in _UNSUPPORTED and _status(exc) != 501:
                         raise self._error(exc, what) from exc
                     self._conditional = False
@@ -588,6 +590,9 @@ class S3Backend:
         self.client.close()  # its connections; new ones are made if used again
 
 
+# botocore's parsed API descriptions, shared by every client rather than read again for each
+_LOADER = botocore.loaders.create_loader()
+
 _NO_CREDENTIALS = (
     "no S3 credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or a profile "
     "(AWS_PROFILE, ~/.aws/credentials, s3_credentials_file)"
@@ -601,6 +606,7 @@ def _make_client(opts: S3Options) -> S3Client:
             f"{', '.join(ADDRESSING_STYLES)}: fix the setting"
         )
     core = botocore.session.Session()
+    core.register_component("data_loader", _LOADER)
     if opts.credentials_file:
         try:
             with open(opts.credentials_file, "rb"):
