@@ -67,7 +67,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "s3_addressing_style",
         "auto",
-        "How bucket names go in S3 requests: path (most self-hosted servers), virtual or auto.",
+        "Where S3 requests put the bucket: auto (in the path for a named endpoint, in the host "
+        "name for Amazon's), path or virtual.",
     ),
     Setting(
         "s3_credentials_file",

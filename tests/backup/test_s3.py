@@ -8,6 +8,7 @@ from botocore.awsrequest import AWSResponse
 from botocore.exceptions import ClientError, ResponseStreamingError
 from botocore.response import StreamingBody
 
+from isidorus.backup import locks
 from isidorus.backup.errors import BackendError, StoreError
 from isidorus.backup.remote import conformance
 from isidorus.backup.remote.s3 import PART_SIZE, S3Backend, S3Options, parse_url
@@ -508,3 +509,13 @@ def test_a_broken_download_is_read_again(store, monkeypatch):
     with pytest.raises(BackendError, match="connection .* broke") as info:
         store.read_range("locks", "me", 0, 3)
     assert not info.value.permanent
+
+
+def test_read_only_credentials_still_read(store):
+    """Commands that only read go on where the session cannot be registered."""
+    store.write("config", "config", b"{}")
+    store.client.meta.events.register("before-send.s3.PutObject", _answer(403, "AccessDenied"))
+    with locks.session(store, "list", read_only=True):
+        assert store.read("config", "config") == b"{}"
+    with pytest.raises(BackendError, match="denied"), locks.session(store, "backup"):
+        pass
