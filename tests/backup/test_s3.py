@@ -519,3 +519,9 @@ def test_read_only_credentials_still_read(store):
         assert store.read("config", "config") == b"{}"
     with pytest.raises(BackendError, match="denied"), locks.session(store, "backup"):
         pass
+
+
+def test_an_unknown_profile_is_a_usage_error(s3_env, monkeypatch):
+    monkeypatch.setenv("AWS_PROFILE", "nope")
+    with pytest.raises(UsageError, match="nope.*fix AWS_PROFILE"):
+        S3Backend("s3://b/x")
