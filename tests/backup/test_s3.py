@@ -29,7 +29,14 @@ def _factory(server, part_size=None):
     return factory
 
 
-@pytest.mark.parametrize("check", conformance.CHECKS, ids=[c.__name__ for c in conformance.CHECKS])
+def _checks():
+    for check in conformance.CHECKS:
+        # thousands of requests, and moto's server opens a connection for each
+        slow = [pytest.mark.slow] if check is conformance.check_concurrent_reads else []
+        yield pytest.param(check, id=check.__name__, marks=slow)
+
+
+@pytest.mark.parametrize("check", list(_checks()))
 def test_conformance(s3_env, check):
     conformance.run_check(_factory(s3_env), check)
 

@@ -42,6 +42,7 @@ def _objects(client, bucket, prefix):
     return sorted(o["Key"][len(prefix) :] for page in pages for o in page.get("Contents", []))
 
 
+@pytest.mark.slow
 def test_a_store_on_s3_from_init_to_gc(run, s3, sample_tree, tmp_path):
     bucket = s3.bucket_name()  # init makes the bucket
     store = f"s3://{bucket}/backups/host"

@@ -364,7 +364,7 @@ class S3Backend:
             except (HTTPClientError, IncompleteReadError) as exc:
                 if attempt == _BODY_TRIES - 1:
                     raise self._error(exc, what) from exc
-                time.sleep(0.5 * 2**attempt)
+                time.sleep(0.2 * 2**attempt)
         raise AssertionError("unreachable")
 
     def _put(self, key: str, data: bytes, what: str, *, if_none_match: bool = False) -> bool:
