@@ -66,6 +66,9 @@ def test_a_store_on_s3_from_init_to_gc(run, s3, sample_tree, tmp_path):
     try:
         packs_before = _objects(client, bucket, "backups/host/data/")
         assert any(size > 8 * 1024 * 1024 for size in _sizes(client, bucket, "backups/host/data/"))
+        # what a backup killed mid-pack leaves: an upload under its session's name
+        client.create_multipart_upload(Bucket=bucket, Key=f"backups/host/tmp/{'0' * 32}-1.tmp")
+        assert len(client.list_multipart_uploads(Bucket=bucket)["Uploads"]) == 1
         done = json.loads(run("backup", "prune", store, "--keep-last", "1", "--json").out)
         assert done["removed"] == 1
         gc = json.loads(run("backup", "gc", store, "--json").out)
@@ -74,7 +77,8 @@ def test_a_store_on_s3_from_init_to_gc(run, s3, sample_tree, tmp_path):
         assert_intact(run, store)  # reads every pack left
         assert_restores(run, store, second["id"], sample_tree, second_tree, tmp_path)
         assert _objects(client, bucket, "backups/host/data/") != packs_before
-        # nothing left behind: no sessions, no writes in progress, no gc state
+        # nothing left behind: no sessions, no writes in progress (the dead one's aborted by
+        # gc), no gc state
         for kind in ("locks/", "tmp/", "gc/"):
             assert _objects(client, bucket, "backups/host/" + kind) == []
         assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
