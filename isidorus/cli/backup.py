@@ -43,7 +43,7 @@ def store_options(f: F) -> F:
     @functools.wraps(f)
     def wrapper(store: str, passphrase_file: str | None, **kw: Any) -> Any:
         conf = settings.load()
-        ref = ops.StoreRef(store, passphrase_source(passphrase_file), conf["cache_dir"])
+        ref = ops.StoreRef(store, passphrase_source(passphrase_file), conf["cache_dir"], conf)
         return f(ref, **kw)
 
     return wrapper  # type: ignore[return-value]
@@ -87,7 +87,7 @@ def backup() -> None:
 def init(
     store: str, encryption: str, passphrase_file: str | None, kdf_memory: int, kdf_time: int
 ) -> None:
-    """Create an empty store at STORE (a directory)."""
+    """Create an empty store at STORE (a directory, or s3://BUCKET/PREFIX)."""
     encrypted = encryption == "aes256"
     source = passphrase_source(passphrase_file, confirm=True) if encrypted else None
     ops.init_store(
@@ -95,6 +95,7 @@ def init(
         source,
         encrypted=encrypted,
         kdf=KdfParams(time_cost=kdf_time, memory_kib=kdf_memory * 1024),
+        settings=settings.load(),
     )
     click.echo(f"created {'an encrypted' if encrypted else 'an unencrypted'} store at {store}")
     if encrypted:
