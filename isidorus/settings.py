@@ -57,6 +57,30 @@ SETTINGS: tuple[Setting, ...] = (
         "Where the local index caches of stores are kept (safe to delete).",
     ),
     Setting("backup_threads", 0, "Worker threads for backup and restore; 0 means one per core."),
+    Setting(
+        "services_dir",
+        "/etc/isidorus/services.d",
+        "The operator's own service manifests, added to the catalog (an id that is already "
+        "in the catalog replaces the built-in service).",
+    ),
+    Setting(
+        "s3_endpoint",
+        "",
+        "The S3 server of s3:// stores, e.g. https://s3.example.org; empty: AWS_ENDPOINT_URL_S3, "
+        "AWS_ENDPOINT_URL or the AWS config file, else Amazon's.",
+    ),
+    Setting("s3_region", "", "The S3 region; empty: AWS_REGION or the AWS config file."),
+    Setting(
+        "s3_addressing_style",
+        "auto",
+        "Where S3 requests put the bucket: auto (in the path for a named endpoint, in the host "
+        "name for Amazon's), path or virtual.",
+    ),
+    Setting(
+        "s3_credentials_file",
+        "",
+        "An AWS credentials file for s3:// stores; empty: AWS_* variables and ~/.aws/credentials.",
+    ),
 )
 
 CONFIG_FILE = "/etc/isidorus/isidorus.toml"

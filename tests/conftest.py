@@ -6,6 +6,7 @@ import pytest
 from isidorus.backup.testing import make_repository
 from isidorus.state.db import sqlite_url
 from tests.pg import running_cluster
+from tests.s3 import running_moto
 
 
 def pytest_collection_modifyitems(config, items):
@@ -53,3 +54,32 @@ def state_url(request, tmp_path):
         return
     with request.getfixturevalue("postgresql").database() as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """This process's own S3 server (moto, over HTTP), started at its first use."""
+    with running_moto(tmp_path_factory.mktemp("moto")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def s3_server_refusing(tmp_path_factory):
+    """A second S3 server that checks credentials, and knows none: it refuses every key."""
+    with running_moto(tmp_path_factory.mktemp("moto-auth"), auth=True) as server:
+        yield server
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch, tmp_path):
+    """The AWS_* variables point at the tests' S3 server, and no AWS files of this machine
+    get in the way. Returns the server."""
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # never ask the network for keys
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    return s3_server

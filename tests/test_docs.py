@@ -14,6 +14,7 @@ from isidorus.settings import SETTINGS
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 GUIDE = (ROOT / "docs" / "backup.md").read_text()
 ACCOUNTS_GUIDE = (ROOT / "docs" / "accounts.md").read_text()
+SERVICES_GUIDE = (ROOT / "docs" / "services.md").read_text()
 
 
 def _commands(group: click.Group, prefix: str) -> list[tuple[str, click.Command]]:
@@ -126,7 +127,7 @@ def test_every_ldap_key_is_documented(key):
 @pytest.mark.parametrize("setting", SETTINGS, ids=[s.name for s in SETTINGS])
 def test_every_setting_is_documented(setting):
     assert setting.help
-    docs = GUIDE + ACCOUNTS_GUIDE
+    docs = GUIDE + ACCOUNTS_GUIDE + SERVICES_GUIDE
     assert f"`{setting.name}`" in docs or setting.env_name in docs
     assert setting.env_name in docs
 
@@ -156,3 +157,22 @@ def test_every_api_endpoint_is_documented():
             shown = f"`{method} {PREFIX}{route.path}`"
             assert shown in API_GUIDE, f"docs/api.md does not show {shown}"
     assert "api.md" in SERVER_GUIDE
+
+
+SERVICES = _commands(cli.commands["service"], "isidorus service")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("name", "cmd"), SERVICES, ids=[n for n, _ in SERVICES])
+def test_every_service_command_has_help_and_docs(name, cmd):
+    assert cmd.help and cmd.help.strip(), f"{name} has no help text"
+    assert name in SERVICES_GUIDE, f"docs/services.md does not show `{name}`"
+    for param in cmd.params:
+        if isinstance(param, click.Option):
+            assert max(param.opts, key=len) in SERVICES_GUIDE, f"{name}: {param.opts}"
+
+
+def test_the_catalog_table_lists_every_built_in_service():
+    from isidorus.services import catalog
+
+    for service_id, entry in catalog.entries().items():
+        assert f"| {service_id} | {', '.join(entry.manifest.replaces)} |" in SERVICES_GUIDE

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,9 +24,14 @@ _NOT_IN_EMAIL = r"@\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f
 EMAIL_PATTERN = rf"^[^{_NOT_IN_EMAIL}]+@[^.{_NOT_IN_EMAIL}][^{_NOT_IN_EMAIL}]*$"
 NAME_RE = re.compile(NAME_PATTERN)
 EMAIL_RE = re.compile(EMAIL_PATTERN)
-# a real hash of nothing, checked when the name is unknown, so that a login takes as long
-# for a name that does not exist as for a wrong password
-_DUMMY_HASH = passwords.hash_password("isidorus: no such user, still take the time")
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """A real hash of nothing, checked when the name is unknown, so that a login takes as
+    long for a name that does not exist as for a wrong password (made on first need: every
+    command would otherwise pay for it at start)."""
+    return passwords.hash_password("isidorus: no such user, still take the time")
 
 
 @dataclass(frozen=True)
@@ -191,7 +197,7 @@ def authenticate(conn: Connection, name: str, password: str) -> User:
     """The user, if the name and password match and the account is enabled; otherwise
     LoginFailed, with the same message and about the same time whatever was wrong."""
     row = conn.execute(select(users).where(users.c.name == name)).first()
-    ok = passwords.verify_password(row.password_hash if row else _DUMMY_HASH, password)
+    ok = passwords.verify_password(row.password_hash if row else _dummy_hash(), password)
     if row is None or not ok or row.disabled:
         raise LoginFailed("wrong user name or password")
     if passwords.needs_rehash(row.password_hash):

@@ -19,6 +19,7 @@ from isidorus.cli.directory import directory
 from isidorus.cli.offsite import remote, scrub, sync
 from isidorus.cli.oidc import oidc
 from isidorus.cli.server import serve
+from isidorus.cli.services import service
 from isidorus.cli.tokens import token
 from isidorus.errors import IsidorusError
 
@@ -35,6 +36,7 @@ cli.add_command(group)
 cli.add_command(audit)
 cli.add_command(token)
 cli.add_command(serve)
+cli.add_command(service)
 cli.add_command(backup)
 backup.add_command(sync)
 backup.add_command(scrub)

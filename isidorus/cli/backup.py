@@ -52,7 +52,7 @@ def store_options(f: F) -> F:
     def wrapper(store: str, passphrase_file: str | None, **kw: Any) -> Any:
         conf = settings.load()
         ref = ops.StoreRef(
-            resolve_store(store), passphrase_source(passphrase_file), conf["cache_dir"]
+            resolve_store(store), passphrase_source(passphrase_file), conf["cache_dir"], conf
         )
         return f(ref, **kw)
 
@@ -97,7 +97,7 @@ def backup() -> None:
 def init(
     store: str, encryption: str, passphrase_file: str | None, kdf_memory: int, kdf_time: int
 ) -> None:
-    """Create an empty store at STORE (a directory)."""
+    """Create an empty store at STORE (a directory, or s3://BUCKET/PREFIX)."""
     encrypted = encryption == "aes256"
     source = passphrase_source(passphrase_file, confirm=True) if encrypted else None
     ops.init_store(
@@ -105,6 +105,7 @@ def init(
         source,
         encrypted=encrypted,
         kdf=KdfParams(time_cost=kdf_time, memory_kib=kdf_memory * 1024),
+        settings=settings.load(),
     )
     click.echo(f"created {'an encrypted' if encrypted else 'an unencrypted'} store at {store}")
     if encrypted:

@@ -41,6 +41,7 @@ def sync(
         resolve_store(source),
         passphrase_source(passphrase_file) if snapshots else None,
         conf["cache_dir"],
+        conf,
     )
     r = offsite.sync(ref, resolve_store(dest), SyncOptions(snapshots=snapshots), TerminalProgress())
     for name in r.damaged:
@@ -81,6 +82,7 @@ def scrub(store: str, repair_from: str | None, as_json: bool) -> int:
         resolve_store(store),
         resolve_store(repair_from) if repair_from is not None else None,
         TerminalProgress(),
+        settings.load(),
     )
     if as_json:
         print_json(report.to_json())

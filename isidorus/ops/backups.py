@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from isidorus.backup import browse, crypto, locks, objects
@@ -42,9 +42,25 @@ class StoreRef:
     location: str
     passphrase: Passphrase | None
     cache_dir: str
+    settings: Mapping[str, Any] = field(default_factory=dict)  # s3_* for s3:// stores
 
 
-def backend_for(location: str) -> Backend:
+def backend_for(location: str, settings: Mapping[str, Any] | None = None) -> Backend:
+    """The backend of a store's location; `settings` are isidorus's (`s3_*` ones here)."""
+    if location.startswith("s3://"):
+        # imported here: botocore takes a while to load, and local stores never need it
+        from isidorus.backup.remote.s3 import S3Backend, S3Options
+
+        conf = settings or {}
+        return S3Backend(
+            location,
+            S3Options(
+                endpoint=str(conf.get("s3_endpoint", "")),
+                region=str(conf.get("s3_region", "")),
+                addressing_style=str(conf.get("s3_addressing_style", "auto")),
+                credentials_file=str(conf.get("s3_credentials_file", "")),
+            ),
+        )
     if "://" in location:
         scheme = location.split("://", 1)[0]
         raise UsageError(f"stores of kind {scheme}:// are not supported yet: give a directory")
@@ -56,7 +72,7 @@ READ_ONLY = frozenset({"list", "ls", "cat", "diff", "restore", "verify"})
 
 def open_backend(ref: StoreRef) -> Backend:
     """The store's backend, once it is known to hold a store (else one clear error)."""
-    backend = backend_for(ref.location)
+    backend = backend_for(ref.location, ref.settings)
     if isinstance(backend, LocalBackend):
         if not os.path.lexists(backend.root):
             raise StoreError(
@@ -91,8 +107,13 @@ def init_store(
     *,
     encrypted: bool = True,
     kdf: crypto.KdfParams | None = None,
+    settings: Mapping[str, Any] | None = None,
 ) -> None:
-    Repository.init(backend_for(location), passphrase, encrypted=encrypted, kdf=kdf)
+    backend = backend_for(location, settings)
+    try:
+        Repository.init(backend, passphrase, encrypted=encrypted, kdf=kdf)
+    finally:
+        backend.close()
 
 
 def create_backup(ref: StoreRef, options: BackupOptions, progress: Progress) -> BackupResult:
@@ -238,9 +259,12 @@ def export_key(ref: StoreRef, dest: str) -> None:
 def unlock_store(ref: StoreRef, remove_all: bool = False) -> list[locks.Session]:
     """Remove sessions whose process is gone (or, with remove_all, every session)."""
     backend = open_backend(ref)
-    if remove_all:
-        gone = locks.list_sessions(backend)
-        for s in gone:
-            backend.remove("locks", s.name)
-        return gone
-    return locks.remove_stale(backend)
+    try:
+        if remove_all:
+            gone = locks.list_sessions(backend)
+            for s in gone:
+                backend.remove("locks", s.name)
+            return gone
+        return locks.remove_stale(backend)
+    finally:
+        backend.close()

@@ -9,6 +9,8 @@ environment.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
+from typing import Any
 
 from isidorus.backup import locks
 from isidorus.backup.errors import StoreError
@@ -39,7 +41,7 @@ def sync(source: StoreRef, dest: str, options: SyncOptions, progress: Progress) 
     absent or empty: it becomes a copy of the same store. Only a sync of chosen snapshots
     needs `source.passphrase`. Run it again after any interruption to carry on."""
     src = open_backend(source)
-    dst = backend_for(dest)
+    dst = backend_for(dest, source.settings)
     try:
         if src.location == dst.location:
             raise UsageError("SOURCE and DEST are the same store: give another place for the copy")
@@ -57,16 +59,21 @@ def sync(source: StoreRef, dest: str, options: SyncOptions, progress: Progress) 
         dst.close()
 
 
-def scrub(location: str, repair_from: str | None, progress: Progress) -> ScrubReport:
+def scrub(
+    location: str,
+    repair_from: str | None,
+    progress: Progress,
+    settings: Mapping[str, Any] | None = None,
+) -> ScrubReport:
     """Check every object of the store against its name, without the key; with
     `repair_from`, replace what is damaged or missing by the intact copies of another
-    copy of the store."""
-    backend = _place(backend_for(location))
+    copy of the store. `settings` are isidorus's (for the kinds of store that need some)."""
+    backend = _place(backend_for(location, settings))
     try:
         with locks.session(backend, "scrub", read_only=repair_from is None):
             report = scrub_store(backend, progress)
             if repair_from is not None and report.problems():
-                other = open_backend(StoreRef(repair_from, None, ""))
+                other = open_backend(StoreRef(repair_from, None, "", settings or {}))
                 try:
                     check_same_store(backend, other, report.store_id)
                     with locks.session(other, "scrub", read_only=True):
@@ -89,7 +96,7 @@ def verify_and_repair(
         before = verify_store(repo, options, progress)
         if before.ok:
             return RepairReport(before, before)
-        other = open_backend(StoreRef(other_location, None, ""))
+        other = open_backend(StoreRef(other_location, None, "", ref.settings))
         try:
             with locks.session(other, "verify", read_only=True):
                 return repair_from_copy(

@@ -1,0 +1,271 @@
+"""A service's manifest: the declarative description of one libre service.
+
+Manifests are TOML files validated on load with pydantic: an unknown key, a missing one or
+a value of the wrong form is refused with one line naming the file and the field. Strings
+may hold placeholders (`{data_dir}`, `{config_dir}`, `{port}`, `{domain}`, `{user}`) that
+the installer fills in; anything else in braces is refused here, not at install time.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from isidorus.services.errors import ManifestError
+
+PLACEHOLDERS = frozenset({"data_dir", "config_dir", "port", "domain", "user", "service"})
+ID_RE = r"^[a-z][a-z0-9-]{1,30}$"
+# a Debian package name, a pinned PyPI requirement, a pinned npm package
+DEBIAN_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
+PYPI_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9,._-]+\])?==[A-Za-z0-9.+!-]+$")
+NPM_RE = re.compile(r"^(@[a-z0-9-]+/)?[a-z0-9._-]+@\d[A-Za-z0-9.+-]*$")
+
+Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
+
+
+def _check_placeholders(value: str) -> str:
+    for _, name, _, _ in string.Formatter().parse(value):
+        if name is not None and name not in PLACEHOLDERS:
+            known = ", ".join("{" + p + "}" for p in sorted(PLACEHOLDERS))
+            raise ValueError(f"unknown placeholder {{{name}}}: use one of {known}")
+    return value
+
+
+class Strict(BaseModel):
+    # TOML has real types: a port written "5232" is a mistake, not something to coerce
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class Source(Strict):
+    """Where the service's software comes from: Debian packages, or pinned PyPI/npm
+    packages installed into the service's own environment."""
+
+    debian: list[str] = []
+    pypi: list[str] = []
+    npm: list[str] = []
+
+    @field_validator("debian")
+    @classmethod
+    def _debian(cls, v: list[str]) -> list[str]:
+        for p in v:
+            if not DEBIAN_RE.match(p):
+                raise ValueError(f"{p!r} is not a Debian package name")
+        return v
+
+    @field_validator("pypi")
+    @classmethod
+    def _pypi(cls, v: list[str]) -> list[str]:
+        for p in v:
+            if not PYPI_RE.match(p):
+                raise ValueError(f"{p!r} is not pinned: write NAME==VERSION")
+        return v
+
+    @field_validator("npm")
+    @classmethod
+    def _npm(cls, v: list[str]) -> list[str]:
+        for p in v:
+            if not NPM_RE.match(p):
+                raise ValueError(f"{p!r} is not pinned: write NAME@VERSION")
+        return v
+
+    @model_validator(mode="after")
+    def _something(self) -> Source:
+        if not (self.debian or self.pypi or self.npm):
+            raise ValueError("name at least one package (debian, pypi or npm)")
+        return self
+
+
+class Run(Strict):
+    """How the service runs: its own system user, and either a command (isidorus writes
+    the systemd unit) or the unit its Debian package ships."""
+
+    user: Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")]
+    command: str | None = None
+    unit: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9@._-]+\.service$")] | None = None
+    port: Annotated[int, Field(ge=1024, le=65535)]
+    environment: dict[str, str] = {}
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, v: str | None) -> str | None:
+        return None if v is None else _check_placeholders(v)
+
+    @field_validator("environment")
+    @classmethod
+    def _environment(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, value in v.items():
+            if not re.match(r"^[A-Z_][A-Z0-9_]*$", name):
+                raise ValueError(f"{name!r} is not an environment variable name")
+            _check_placeholders(value)
+        return v
+
+    @model_validator(mode="after")
+    def _one_way(self) -> Run:
+        if (self.command is None) == (self.unit is None):
+            raise ValueError("give exactly one of command (isidorus writes the unit) or unit")
+        return self
+
+
+class Sso(Strict):
+    """How members sign in: a header set by nginx after /auth/check, LDAP, OpenID
+    Connect, or nothing (a public service)."""
+
+    kind: Literal["header", "ldap", "oidc", "none"]
+    header: str | None = None  # for "header": the header the service trusts
+    redirect_path: str | None = None  # for "oidc": the service's callback path
+
+    @model_validator(mode="after")
+    def _fields_of_kind(self) -> Sso:
+        if self.kind == "header" and not self.header:
+            raise ValueError('kind = "header" needs header = the header the service trusts')
+        if self.kind == "oidc" and not (self.redirect_path or "").startswith("/"):
+            raise ValueError('kind = "oidc" needs redirect_path = "/the/callback/path"')
+        return self
+
+
+class ConfigFile(Strict):
+    """A configuration file rendered from a template of the service's directory."""
+
+    template: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]+$")]
+    path: str
+    mode: Annotated[str, StringConstraints(pattern=r"^0[0-7]{3}$")] = "0640"
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if not v.startswith(("/", "{")):
+            raise ValueError("must be absolute (or start with a placeholder like {config_dir})")
+        return _check_placeholders(v)
+
+
+class Database(Strict):
+    """A database the service keeps, with how to dump it consistently and restore it."""
+
+    kind: Literal["sqlite", "postgresql"]
+    name: Text
+    path: str | None = None  # for sqlite
+
+    @model_validator(mode="after")
+    def _path_of_sqlite(self) -> Database:
+        if self.kind == "sqlite" and not self.path:
+            raise ValueError('kind = "sqlite" needs path = the database file')
+        if self.path is not None:
+            _check_placeholders(self.path)
+        return self
+
+
+class Data(Strict):
+    """What the nightly backup saves for this service."""
+
+    paths: list[str] = []
+    databases: list[Database] = []
+
+    @field_validator("paths")
+    @classmethod
+    def _paths(cls, v: list[str]) -> list[str]:
+        for p in v:
+            if not p.startswith(("/", "{")):
+                raise ValueError(f"{p!r} must be absolute (or start with {{data_dir}})")
+            _check_placeholders(p)
+        return v
+
+
+class Health(Strict):
+    """How to tell the service works: an HTTP path on its port, or a TCP connect."""
+
+    http: str | None = None
+    tcp: bool = False
+    expect: list[Annotated[int, Field(ge=100, le=599)]] = [200]
+    timeout: Annotated[int, Field(ge=1, le=600)] = 60
+
+    @model_validator(mode="after")
+    def _one_check(self) -> Health:
+        if (self.http is None) == (not self.tcp):
+            raise ValueError('give exactly one check: http = "/path" or tcp = true')
+        if self.http is not None and not self.http.startswith("/"):
+            raise ValueError('http must be a path starting with "/"')
+        return self
+
+
+class Manifest(Strict):
+    id: Annotated[str, StringConstraints(pattern=ID_RE)]
+    name: Text
+    description: Text
+    replaces: Annotated[list[Text], Field(min_length=1)]
+    version: Annotated[str, StringConstraints(pattern=r"^[0-9][A-Za-z0-9.+~-]*$")]
+    homepage: Annotated[str, StringConstraints(pattern=r"^https://\S+$")]
+    license: Text
+    source: Source
+    run: Run
+    sso: Sso
+    config: list[ConfigFile] = []
+    data: Data = Data()
+    health: Health
+
+    def to_json(self) -> dict[str, object]:
+        """What `service catalog --json` shows of it."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "description": self.description,
+            "replaces": list(self.replaces),
+            "version": self.version,
+            "sso": self.sso.kind,
+        }
+
+
+def _where(loc: tuple[int | str, ...]) -> str:
+    parts: list[str] = []
+    for p in loc:
+        if isinstance(p, int):
+            parts[-1] = f"{parts[-1]}[{p}]" if parts else f"[{p}]"
+        elif p not in ("function-after", "function-before") and not str(p).startswith("["):
+            parts.append(str(p))
+    return ".".join(parts) or "(top level)"
+
+
+def parse(text: str, origin: str) -> Manifest:
+    """A manifest from TOML text; ManifestError names `origin` and the first problem."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ManifestError(f"{origin}: not valid TOML: {exc}") from None
+    try:
+        manifest = Manifest.model_validate(doc)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        kind = err["type"]
+        where = _where(err["loc"])
+        if kind == "missing":
+            message = f"{where} is missing"
+        elif kind == "extra_forbidden":
+            message = f"{where} is not a known key (a typo?)"
+        else:
+            message = f"{where}: {err['msg'].removeprefix('Value error, ')}"
+        more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+        raise ManifestError(f"{origin}: {message}{more}") from None
+    expected = Path(origin).stem
+    if origin.endswith(".toml") and manifest.id != expected:
+        raise ManifestError(f"{origin}: id = {manifest.id!r} but the file is {expected}.toml")
+    return manifest
+
+
+def load(path: Path) -> Manifest:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"cannot read the manifest {path}: {exc}") from None
+    return parse(text, str(path))
