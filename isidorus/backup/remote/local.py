@@ -13,12 +13,12 @@ import collections
 import contextlib
 import errno
 import os
-import secrets
 import threading
 from collections.abc import Iterator
 
 from isidorus.backup.errors import BackendError, StoreError
 from isidorus.backup.remote.base import KINDS, MUTABLE_KINDS
+from isidorus.backup.remote.layout import object_path, tmp_path
 
 _FD_CACHE_SIZE = 32  # open packs kept per thread
 
@@ -49,9 +49,7 @@ def fsync_dir(path: str) -> None:
 class LocalUpload:
     def __init__(self, backend: LocalBackend) -> None:
         self.backend = backend
-        self.tmp = os.path.join(
-            backend.root, "tmp", f"{backend.tmp_tag}-{secrets.token_hex(8)}.tmp"
-        )
+        self.tmp = os.path.join(backend.root, tmp_path(backend.tmp_tag))
         try:
             self.fd: int | None = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except OSError as exc:
@@ -106,17 +104,8 @@ class LocalBackend:
         self._fd_lock = threading.Lock()
 
     # -- paths
-    def _dir(self, kind: str, name: str) -> str:
-        if kind == "data":
-            return os.path.join(self.root, "data", name[:2])
-        return os.path.join(self.root, kind)
-
     def _path(self, kind: str, name: str) -> str:
-        if kind == "config":
-            return os.path.join(self.root, "config")
-        if kind not in KINDS or not name or "/" in name or name.startswith("."):
-            raise ValueError(f"bad object address {kind}/{name}")
-        return os.path.join(self._dir(kind, name), name)
+        return os.path.join(self.root, object_path(kind, name))
 
     # -- protocol
     def create(self) -> None:
@@ -203,7 +192,7 @@ class LocalBackend:
         self, kind: str, name: str, data: bytes | bytearray | memoryview, *, exclusive: bool = False
     ) -> None:
         final = self._path(kind, name)
-        tmp = os.path.join(self.root, "tmp", f"{self.tmp_tag}-{secrets.token_hex(8)}.tmp")
+        tmp = os.path.join(self.root, tmp_path(self.tmp_tag))
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
@@ -236,7 +225,7 @@ class LocalBackend:
     def replace(self, kind: str, name: str, data: bytes | bytearray | memoryview) -> None:
         # rename(2) swaps the name to the new file in one step, even over an existing one
         final = self._path(kind, name)
-        tmp = os.path.join(self.root, "tmp", f"{self.tmp_tag}-{secrets.token_hex(8)}.tmp")
+        tmp = os.path.join(self.root, tmp_path(self.tmp_tag))
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
