@@ -64,6 +64,18 @@ SETTINGS: tuple[Setting, ...] = (
         "in the catalog replaces the built-in service).",
     ),
     Setting(
+        "remote_isidorus",
+        "isidorus",
+        "The isidorus command on the host of an ssh+isidorus:// store, when no forced command "
+        "of its authorized_keys runs it anyway.",
+    ),
+    Setting(
+        "limit_rate",
+        "",
+        "The most that copies to ssh:// and ssh+isidorus:// stores send a second, e.g. 2M "
+        "(bytes, powers of 1024); empty: no limit. `sync --limit-rate` overrides it.",
+    ),
+    Setting(
         "s3_endpoint",
         "",
         "The S3 server of s3:// stores, e.g. https://s3.example.org; empty: AWS_ENDPOINT_URL_S3, "

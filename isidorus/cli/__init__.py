@@ -10,39 +10,74 @@ import os
 import sys
 import traceback
 
+import importlib
+
 import click
 
 from isidorus import __version__
-from isidorus.cli.accounts import audit, group, init, user
-from isidorus.cli.backup import backup
-from isidorus.cli.directory import directory
-from isidorus.cli.offsite import remote, scrub, sync
-from isidorus.cli.oidc import oidc
-from isidorus.cli.server import serve
-from isidorus.cli.services import service
-from isidorus.cli.tokens import token
 from isidorus.errors import IsidorusError
 
+# Commands load their module when they run: a home's forced command or a nightly backup
+# does not pay for the web and database libraries it never uses.
+_COMMANDS = {
+    "init": "isidorus.cli.accounts:init",
+    "user": "isidorus.cli.accounts:user",
+    "group": "isidorus.cli.accounts:group",
+    "audit": "isidorus.cli.accounts:audit",
+    "token": "isidorus.cli.tokens:token",
+    "serve": "isidorus.cli.server:serve",
+    "service": "isidorus.cli.services:service",
+    "backup": "isidorus.cli.backup:backup",
+    "oidc": "isidorus.cli.oidc:oidc",
+    "directory": "isidorus.cli.directory:directory",
+}
+_BACKUP_COMMANDS = {
+    "sync": "isidorus.cli.offsite:sync",
+    "scrub": "isidorus.cli.offsite:scrub",
+    "remote": "isidorus.cli.offsite:remote",
+    "serve": "isidorus.cli.home:serve",
+    "removals": "isidorus.cli.home:removals",
+    "home-setup": "isidorus.cli.home:home_setup",
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+def load_command(spec: str) -> click.Command:
+    module, _, attr = spec.partition(":")
+    command = getattr(importlib.import_module(module), attr)
+    assert isinstance(command, click.Command)
+    if spec == _COMMANDS["backup"] and isinstance(command, click.Group):
+        command = LazyGroup(
+            name=command.name,
+            commands=command.commands,
+            lazy=_BACKUP_COMMANDS,
+            help=command.help,
+            callback=command.callback,
+        )
+    return command
+
+
+class LazyGroup(click.Group):
+    """A group whose commands are imported when named (click's documented pattern)."""
+
+    def __init__(self, *args: object, lazy: dict[str, str], **kw: object) -> None:
+        super().__init__(*args, **kw)  # type: ignore[arg-type]
+        self.lazy = lazy
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy:
+            return load_command(self.lazy[cmd_name])
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(
+    cls=LazyGroup, lazy=_COMMANDS, context_settings={"help_option_names": ["-h", "--help"]}
+)
 @click.version_option(__version__, prog_name="isidorus")
 def cli() -> None:
     """isidorus: host libre services for your people on one server, and keep them safe."""
-
-
-cli.add_command(init)
-cli.add_command(user)
-cli.add_command(group)
-cli.add_command(audit)
-cli.add_command(token)
-cli.add_command(serve)
-cli.add_command(service)
-cli.add_command(backup)
-backup.add_command(sync)
-backup.add_command(scrub)
-backup.add_command(remote)
-cli.add_command(oidc)
-cli.add_command(directory)
 
 
 def main(argv: list[str] | None = None) -> None:

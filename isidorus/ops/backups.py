@@ -26,6 +26,7 @@ from isidorus.backup.progress import Progress
 from isidorus.backup.prune import KeepPolicy, PrunePlan, plan_prune
 from isidorus.backup.remote.base import Backend
 from isidorus.backup.remote.local import LocalBackend
+from isidorus.backup.remote.ssh import RateLimit
 from isidorus.backup.repair import RepairResult
 from isidorus.backup.repair import repair_index as rebuild_index
 from isidorus.backup.repository import Passphrase, Repository, add_key, key_params, read_config
@@ -33,6 +34,7 @@ from isidorus.backup.restorer import RestoreOptions, RestoreResult, restore_snap
 from isidorus.backup.types import Snapshot
 from isidorus.backup.verify import VerifyOptions, VerifyReport, verify_store
 from isidorus.errors import UsageError
+from isidorus.units import parse_size
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,12 @@ class StoreRef:
     passphrase: Passphrase | None
     cache_dir: str
     settings: Mapping[str, Any] = field(default_factory=dict)  # s3_* for s3:// stores
+
+
+def rate_limit(settings: Mapping[str, Any]) -> RateLimit | None:
+    """The shared limit of what remote stores send, from the `limit_rate` setting."""
+    text = str(settings.get("limit_rate", "") or "")
+    return RateLimit(parse_size(text, "rate")) if text else None
 
 
 def backend_for(location: str, settings: Mapping[str, Any] | None = None) -> Backend:
@@ -60,6 +68,16 @@ def backend_for(location: str, settings: Mapping[str, Any] | None = None) -> Bac
                 addressing_style=str(conf.get("s3_addressing_style", "auto")),
                 credentials_file=str(conf.get("s3_credentials_file", "")),
             ),
+        )
+    if location.startswith("ssh+isidorus://"):
+        from isidorus.backup.remote.served import ServedBackend
+
+        conf = settings or {}
+        return ServedBackend(
+            location,
+            str(conf.get("ssh_command", "ssh")),
+            rate_limit=rate_limit(conf),
+            remote_command=str(conf.get("remote_isidorus", "isidorus")),
         )
     if "://" in location:
         scheme = location.split("://", 1)[0]

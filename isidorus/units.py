@@ -1,0 +1,18 @@
+"""Sizes as people write them: `500G`, `1.5T`, `800MiB`, `2M` (a rate in bytes a second)."""
+
+from __future__ import annotations
+
+import re
+
+from isidorus.errors import UsageError
+
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4, "p": 1024**5}
+
+
+def parse_size(text: str, what: str = "size") -> int:
+    """Bytes, in powers of 1024; a bare number is bytes."""
+    m = _SIZE.fullmatch(text.strip())
+    if not m:
+        raise UsageError(f"{text!r} is not a {what}: write a number with K, M, G or T (500G)")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
