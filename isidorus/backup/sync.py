@@ -38,7 +38,7 @@ from isidorus.backup import locks
 from isidorus.backup.errors import BackendError, IntegrityError, StoreError
 from isidorus.backup.gc import STATE, Marker
 from isidorus.backup.progress import NullProgress, Progress
-from isidorus.backup.remote.base import Backend
+from isidorus.backup.remote.base import Backend, QueuingRemovals
 from isidorus.backup.repository import Repository, read_config
 from isidorus.backup.transfer import copy_object, run_parallel
 
@@ -63,6 +63,7 @@ class SyncResult:
     bytes_sent: int = 0  # their bytes, as stored (compressed and sealed)
     snapshots_removed: int = 0
     objects_removed: int = 0  # every object removed from DEST, snapshots included
+    removals_queued: int = 0  # of those, the ones an append-only DEST only queued
     damaged: list[str] = field(default_factory=list)  # "kind/name" of SOURCE, not copied
     held_back: str = ""  # why new snapshots were not copied
     postponed: str = ""  # why removals were left for a later sync
@@ -72,7 +73,8 @@ class SyncResult:
         return not self.damaged and not self.held_back
 
     def to_json(self) -> dict[str, Any]:
-        return {"ok": self.ok, **self.__dict__}
+        # chunks cross inside sealed packs: without the key the pack is the unit counted
+        return {"ok": self.ok, **self.__dict__, "chunks_sent": self.packs_sent}
 
 
 @dataclass
@@ -271,6 +273,7 @@ def _remove_what_source_lacks(
             "with `isidorus backup forget` if that is really meant"
         )
         return
+    queued_before = dest.removals_queued if isinstance(dest, QueuingRemovals) else 0
     for kind in ("snapshots", "index", "data"):
         for name in sorted(have.of(kind).keys() - listing.of(kind).keys()):
             dest.remove(kind, name)
@@ -281,6 +284,8 @@ def _remove_what_source_lacks(
         for name in sorted(have.keys.keys() - listing.keys.keys()):
             dest.remove("keys", name)
             result.objects_removed += 1
+    if isinstance(dest, QueuingRemovals):
+        result.removals_queued = dest.removals_queued - queued_before
 
 
 def sync_stores(

@@ -10,11 +10,10 @@ import os
 import sys
 import traceback
 
-import importlib
-
 import click
 
 from isidorus import __version__
+from isidorus.cli.lazy import LazyGroup
 from isidorus.errors import IsidorusError
 
 # Commands load their module when they run: a home's forced command or a nightly backup
@@ -31,45 +30,6 @@ _COMMANDS = {
     "oidc": "isidorus.cli.oidc:oidc",
     "directory": "isidorus.cli.directory:directory",
 }
-_BACKUP_COMMANDS = {
-    "sync": "isidorus.cli.offsite:sync",
-    "scrub": "isidorus.cli.offsite:scrub",
-    "remote": "isidorus.cli.offsite:remote",
-    "serve": "isidorus.cli.home:serve",
-    "removals": "isidorus.cli.home:removals",
-    "home-setup": "isidorus.cli.home:home_setup",
-}
-
-
-def load_command(spec: str) -> click.Command:
-    module, _, attr = spec.partition(":")
-    command = getattr(importlib.import_module(module), attr)
-    assert isinstance(command, click.Command)
-    if spec == _COMMANDS["backup"] and isinstance(command, click.Group):
-        command = LazyGroup(
-            name=command.name,
-            commands=command.commands,
-            lazy=_BACKUP_COMMANDS,
-            help=command.help,
-            callback=command.callback,
-        )
-    return command
-
-
-class LazyGroup(click.Group):
-    """A group whose commands are imported when named (click's documented pattern)."""
-
-    def __init__(self, *args: object, lazy: dict[str, str], **kw: object) -> None:
-        super().__init__(*args, **kw)  # type: ignore[arg-type]
-        self.lazy = lazy
-
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted({*super().list_commands(ctx), *self.lazy})
-
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        if cmd_name in self.lazy:
-            return load_command(self.lazy[cmd_name])
-        return super().get_command(ctx, cmd_name)
 
 
 @click.group(

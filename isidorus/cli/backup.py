@@ -20,6 +20,7 @@ from isidorus.backup.prune import KeepPolicy
 from isidorus.backup.restorer import RestoreOptions
 from isidorus.backup.types import iso_time, parse_time
 from isidorus.backup.verify import VerifyOptions, VerifyReport
+from isidorus.cli.lazy import LazyGroup
 from isidorus.cli.output import (
     TerminalProgress,
     human_bytes,
@@ -63,7 +64,18 @@ def json_option(f: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON.")(f)
 
 
-@click.group()
+# the commands of copies and homes live in their own modules, loaded when named
+_ELSEWHERE = {
+    "sync": "isidorus.cli.offsite:sync",
+    "scrub": "isidorus.cli.offsite:scrub",
+    "remote": "isidorus.cli.offsite:remote",
+    "serve": "isidorus.cli.home:serve",
+    "removals": "isidorus.cli.home:removals",
+    "home-setup": "isidorus.cli.home:home_setup",
+}
+
+
+@click.group(cls=LazyGroup, lazy=_ELSEWHERE)
 def backup() -> None:
     """The datastore: deduplicated, compressed, encrypted snapshots."""
 
@@ -364,7 +376,9 @@ def restore(
     help="Read only this share of the packs, chosen at random.",
 )
 @click.option(
-    "--no-read-data", is_flag=True, help="Check structure only, without reading the packs."
+    "--read-data/--no-read-data",
+    default=True,
+    help="Read every pack (the default), or check structure only.",
 )
 @click.option(
     "--repair-from",
@@ -376,12 +390,12 @@ def verify(
     ref: ops.StoreRef,
     snapshots: tuple[str, ...],
     sample: float,
-    no_read_data: bool,
+    read_data: bool,
     repair_from: str | None,
     as_json: bool,
 ) -> int:
     """Check the store; exit 1 and name every damaged snapshot and file if any."""
-    options = VerifyOptions(snapshots=snapshots, read_data=not no_read_data, sample_percent=sample)
+    options = VerifyOptions(snapshots=snapshots, read_data=read_data, sample_percent=sample)
     if repair_from is not None:
         result = offsite.verify_and_repair(
             ref, resolve_store(repair_from), options, TerminalProgress()

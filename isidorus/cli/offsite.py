@@ -10,6 +10,7 @@ from isidorus.cli.backup import json_option, resolve_store
 from isidorus.cli.output import TerminalProgress, human_bytes, passphrase_source, print_json, warn
 from isidorus.ops import backups as ops
 from isidorus.ops import offsite, remotes
+from isidorus.units import parse_size
 
 
 @click.command()
@@ -26,17 +27,26 @@ from isidorus.ops import offsite, remotes
     type=click.Path(dir_okay=False),
     help="The source's passphrase, for --snapshot (else ISIDORUS_PASSPHRASE, else a prompt).",
 )
+@click.option(
+    "--limit-rate",
+    metavar="RATE",
+    help="Send at most this many bytes a second to an ssh store, e.g. 2M (else limit_rate).",
+)
 @json_option
 def sync(
     source: str,
     dest: str,
     snapshots: tuple[str, ...],
     passphrase_file: str | None,
+    limit_rate: str | None,
     as_json: bool,
 ) -> int:
     """Copy to DEST the snapshots it lacks, sending only the objects it lacks, then remove
     from DEST what SOURCE no longer has. Without --snapshot no passphrase is needed."""
     conf = settings.load()
+    if limit_rate is not None:
+        parse_size(limit_rate, "rate")  # a bad value stops here, before any connection
+        conf["limit_rate"] = limit_rate
     ref = ops.StoreRef(
         resolve_store(source),
         passphrase_source(passphrase_file) if snapshots else None,
@@ -57,6 +67,11 @@ def sync(
             f"{made}{r.snapshots_copied} snapshots copied: {r.packs_sent} packs and "
             f"{r.objects_sent - r.packs_sent} other objects sent ({human_bytes(r.bytes_sent)}); "
             f"{r.snapshots_removed} snapshots and {r.objects_removed} objects removed"
+            + (
+                f" ({r.removals_queued} only queued by the append-only copy)"
+                if r.removals_queued
+                else ""
+            )
         )
     if r.damaged:
         click.echo(

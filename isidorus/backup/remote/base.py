@@ -88,3 +88,11 @@ class Replacing(Protocol):
         atomically: a reader sees the old object or the new one, never neither. Only for
         repairs, whose caller has checked that `data` matches the name."""
         ...
+
+
+@runtime_checkable
+class QueuingRemovals(Protocol):
+    """A backend whose host may only queue removals (a copy served append-only): it
+    counts the removals it was asked for that wait there instead of taking effect."""
+
+    removals_queued: int
