@@ -23,6 +23,8 @@ from typing import Any, NamedTuple
 
 import pytest
 
+from tests.integration.homes import Homes, running_homes
+
 TIMEOUT = 120  # seconds, for every subprocess
 PASSPHRASE = "correct horse battery staple"
 KDF = ("--kdf-memory", "8", "--kdf-time", "1")
@@ -377,3 +379,27 @@ def mounts(tmp_path: Path) -> Iterator[Mounts]:
         yield m
     finally:
         m.unmount_all()
+
+
+# -- homes: hosts in network namespaces with an sshd of their own (root only)
+
+
+@pytest.fixture(scope="session")
+def homes_session() -> Iterator[Homes]:
+    """This process's two homes (home1, home2), made at their first use (each xdist
+    worker makes its own), removed at the end. Tests use `homes`; this one is for fixtures
+    of a wider scope, which see whatever the tests before them left."""
+    with running_homes() as made:
+        yield made
+
+
+@pytest.fixture
+def homes(homes_session: Homes) -> Iterator[Homes]:
+    """The homes as new for each test: links up and not shaped, sshd running, only the
+    fixture's key authorized (no forced command), storage empty, ssh_config and
+    known_hosts as written at the start; and again after the test."""
+    homes_session.reset()
+    try:
+        yield homes_session
+    finally:
+        homes_session.reset()
