@@ -64,6 +64,12 @@ SETTINGS: tuple[Setting, ...] = (
         "in the catalog replaces the built-in service).",
     ),
     Setting(
+        "ssh_command",
+        "ssh",
+        "The ssh client and options used for ssh:// and ssh+isidorus:// stores, e.g. "
+        "`ssh -F /etc/isidorus/ssh_config`; your ~/.ssh/config, agent and known_hosts apply.",
+    ),
+    Setting(
         "remote_isidorus",
         "isidorus",
         "The isidorus command on the host of an ssh+isidorus:// store, when no forced command "

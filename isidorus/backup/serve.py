@@ -8,7 +8,8 @@ the store protocol (`remote/wire.py`) on stdin and stdout:
   ROOT/isidorus); `..` and symbolic links that lead out are refused, and requests name
   objects by (kind, name) only, never by file path.
 * **Append-only** (`--append-only`): objects can be added, never overwritten (names are
-  content hashes: an existing name keeps its bytes) nor removed at once. A removal of a
+  content hashes: an existing name keeps its bytes; a repair may replace only an object
+  whose bytes no longer match its name) nor removed at once. A removal of a
   pack, index object, snapshot or key file is queued (`removals.py`) and hidden from the
   client, which sees the mirror it asked for; the objects stay on the home's disk until
   the delay has passed, unless the home's owner cancels. Only the locks and gc markers
@@ -24,6 +25,7 @@ client.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import sys
@@ -172,14 +174,26 @@ class StoreServer:
         self.backend.write(kind, name, data, exclusive=exclusive)
         self._wanted_again(kind, name)
 
+    def _damaged(self, kind: str, name: str) -> bool:
+        try:
+            return hashlib.sha256(self.backend.read(kind, name)).hexdigest() != name
+        except FileNotFoundError:
+            return True
+
     def op_replace(self, tag: str, kind: str, name: str, data: bytes) -> None:
         _check_address(kind, name)
         if self.options.append_only and kind in _HISTORY_KINDS:
-            raise Refused(
-                "this copy is served append-only: its objects cannot be replaced from "
-                "afar; the home's owner repairs it with `isidorus backup scrub PATH "
-                "--repair-from OTHER_STORE`"
-            )
+            # a repair may only put intact bytes where the object is damaged or gone:
+            # both can be checked here without the key, so no history can be overwritten
+            if kind == "config" or hashlib.sha256(data).hexdigest() != name:
+                raise Refused(
+                    "this copy is served append-only: only a damaged object can be "
+                    "replaced, by bytes that match its name"
+                )
+            if not self._damaged(kind, name):
+                raise Refused(
+                    f"{kind}/{name} is intact at this append-only copy: it is not replaced"
+                )
         self._charge(len(data))
         self.backend.tmp_tag = tag
         self.backend.replace(kind, name, data)

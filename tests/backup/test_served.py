@@ -74,6 +74,8 @@ def test_append_only_never_overwrites(served, tmp_path):
     assert served.read("data", name) == data
     with pytest.raises(BackendError, match="append-only"):
         served.replace("data", name, b"forged")
+    with pytest.raises(BackendError, match="intact"):
+        served.replace("data", name, data)
     with pytest.raises(BackendError, match="config stays"):
         served.remove("config", "config")
     assert (tmp_path / "store" / "data" / name[:2] / name).read_bytes() == data
@@ -265,3 +267,12 @@ def test_a_host_that_does_not_serve_isidorus_is_named(tmp_path):
     with pytest.raises(BackendError, match="does not answer as `isidorus backup serve`"):
         b.exists("data", "0" * 64)
     b.close()
+
+
+def test_append_only_lets_a_damaged_object_be_repaired(served, tmp_path):
+    name, data = blob("d")
+    served.write("data", name, data)
+    path = tmp_path / "store" / "data" / name[:2] / name
+    path.write_bytes(b"rotten" + data[6:])
+    served.replace("data", name, data)
+    assert path.read_bytes() == data

@@ -25,8 +25,9 @@ from urllib.parse import unquote, urlsplit
 from isidorus.backup.errors import BackendError
 from isidorus.errors import UsageError
 
-# ssh gives up on a peer that answers none of 4 keepalives sent 15 s apart: a cut link is
-# reported within about a minute instead of hanging until TCP gives up (hours)
+# unless the operator's setup sends keepalives of its own, ssh gives up on a peer that
+# answers none of 4 keepalives sent 15 s apart: a cut link is reported within about a
+# minute instead of hanging until TCP gives up
 _KEEPALIVE = ("-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4")
 
 
@@ -75,8 +76,10 @@ def ssh_argv(
         raise UsageError(f"the ssh_command setting cannot be parsed: {exc}") from None
     if not argv:
         argv = ["ssh"]
+    base = list(argv)
     argv += ["-x", "-a", "-T", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"]
-    argv += _KEEPALIVE
+    if not _has_keepalive(base, target):
+        argv += _KEEPALIVE
     if target.port:
         argv += ["-p", str(target.port)]
     if target.user:
@@ -87,6 +90,24 @@ def ssh_argv(
     # ssh hands the remote shell one string: quote each word so paths with spaces survive
     argv.append(" ".join(shlex.quote(w) for w in remote))
     return argv
+
+
+def _has_keepalive(base: list[str], target: SshTarget) -> bool:
+    """Whether the operator's ssh setup already sends keepalives to this host (`ssh -G`
+    prints the options ssh would use, config files included)."""
+    argv = [*base, "-G"]
+    if target.port:
+        argv += ["-p", str(target.port)]
+    argv += ["--", target.host]
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    for line in out.splitlines():
+        key, _, value = line.partition(" ")
+        if key == "serveraliveinterval":
+            return value.strip() not in ("", "0")
+    return False
 
 
 class RateLimit:
