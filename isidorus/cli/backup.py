@@ -478,6 +478,22 @@ def prune(
     click.echo(f"{s['keep']} kept, {s['remove']} {'to remove' if dry_run else 'removed'}")
 
 
+@backup.command()
+@store_options
+@click.argument("snapshots", nargs=-1, required=True)
+@json_option
+def forget(ref: ops.StoreRef, snapshots: tuple[str, ...], as_json: bool) -> None:
+    """Remove SNAPSHOTS (ids or unique prefixes), even damaged ones; gc then frees what
+    only they used."""
+    removed = ops.forget(ref, snapshots)
+    if as_json:
+        print_json({"removed": removed})
+        return
+    for name in removed:
+        click.echo(f"removed snapshot {name[:8]}")
+    click.echo(f"{len(removed)} snapshots removed; run gc to free their space")
+
+
 @backup.command("repair-index")
 @store_options
 @json_option

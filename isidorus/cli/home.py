@@ -166,7 +166,7 @@ def home_setup(
         homes.HomeSetup(
             user=user,
             key=text,
-            directory=os.path.abspath(directory or f"/srv/isidorus/{user}"),
+            directory=directory or f"/srv/isidorus/{user}",
             isidorus=isidorus,
             quota=parse_size(quota, "quota") if quota else 0,
             removal_delay=removal_delay,
