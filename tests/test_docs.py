@@ -40,7 +40,14 @@ def _commands(group: click.Group, prefix: str) -> list[tuple[str, click.Command]
 OFFSITE_GUIDE = (ROOT / "docs" / "offsite.md").read_text()
 BACKUP = _commands(_command(cli, "backup"), "isidorus backup")  # type: ignore[arg-type]
 # copies of a store have their own guide
-OFFSITE = ("isidorus backup sync", "isidorus backup scrub", "isidorus backup remote")
+OFFSITE = (
+    "isidorus backup sync",
+    "isidorus backup scrub",
+    "isidorus backup remote",
+    "isidorus backup serve",
+    "isidorus backup removals",
+    "isidorus backup home-setup",
+)
 
 
 @pytest.mark.parametrize(("name", "cmd"), BACKUP, ids=[n for n, _ in BACKUP])
@@ -83,7 +90,7 @@ ACCOUNTS = [
 ] + [
     c
     for g in ("user", "group")
-    for c in _commands(cli.commands[g], f"isidorus {g}")  # type: ignore[arg-type]
+    for c in _commands(_command(cli, g), f"isidorus {g}")  # type: ignore[arg-type]
 ]
 
 
