@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import threading
+from collections.abc import Iterator
 from concurrent.futures import Future
 from typing import Any
 
@@ -148,7 +149,6 @@ class ServedBackend:
     def _send(self, op: str, *args: Any) -> Future[Any]:
         pipe = self._connect()
         future: Future[Any] = Future()
-        frame = None
         with self._send_lock:
             if self._broken is not None:
                 raise self._broken
@@ -219,7 +219,7 @@ class ServedBackend:
         if self._call("remove", kind, name) == "queued":
             self.removals_queued += 1
 
-    def list(self, kind: str):  # type: ignore[no-untyped-def]
+    def list(self, kind: str) -> Iterator[tuple[str, int]]:
         for name, size in self._call("list", kind):
             yield str(name), int(size)
 
