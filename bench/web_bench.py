@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
+import httpx2 as httpx
 
 HERE = Path(__file__).resolve().parent
 ISIDORUS = str(Path(sys.executable).with_name("isidorus"))
