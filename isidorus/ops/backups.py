@@ -54,7 +54,8 @@ def rate_limit(settings: Mapping[str, Any]) -> RateLimit | None:
 
 
 def backend_for(location: str, settings: Mapping[str, Any] | None = None) -> Backend:
-    """The backend of a store's location; `settings` are isidorus's (`s3_*` ones here)."""
+    """The backend of a store's location; `settings` are isidorus's (`s3_*`, `ssh_command`,
+    `limit_rate`…)."""
     if location.startswith("s3://"):
         # imported here: botocore takes a while to load, and local stores never need it
         from isidorus.backup.remote.s3 import S3Backend, S3Options
@@ -78,6 +79,13 @@ def backend_for(location: str, settings: Mapping[str, Any] | None = None) -> Bac
             str(conf.get("ssh_command", "ssh")),
             rate_limit=rate_limit(conf),
             remote_command=str(conf.get("remote_isidorus", "isidorus")),
+        )
+    if location.startswith("ssh://"):
+        from isidorus.backup.remote.sftp import SftpBackend
+
+        conf = settings or {}
+        return SftpBackend(
+            location, str(conf.get("ssh_command", "ssh")), rate_limit=rate_limit(conf)
         )
     if "://" in location:
         scheme = location.split("://", 1)[0]
