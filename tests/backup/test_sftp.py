@@ -397,3 +397,15 @@ def test_threads_share_a_few_sessions(tmp_path):
     procs = [s.pipe.proc for s in sessions(b)]
     b.close()
     assert all(p.poll() is not None for p in procs)  # close ends the sftp-servers
+
+
+def test_backend_for_passes_the_ssh_settings():
+    from isidorus.ops.backups import backend_for
+
+    b = backend_for(
+        "ssh://friend.example.org/srv/isidorus",
+        {"ssh_command": "ssh -F /etc/isidorus/ssh_config", "limit_rate": "2M"},
+    )
+    assert isinstance(b, SftpBackend)
+    assert b._argv[:3] == ["ssh", "-F", "/etc/isidorus/ssh_config"]
+    assert b._rate_limit is not None and b._rate_limit.rate == 2 * 1024 * 1024
