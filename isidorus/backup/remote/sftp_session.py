@@ -158,10 +158,12 @@ class SftpSession:
         self.kept: collections.OrderedDict[Any, tuple[bytes, int]] = collections.OrderedDict()
         self.chunk = _CHUNK
         if "limits@openssh.com" in self.extensions:
-            msg = self.check(self.call(CMD_EXTENDED, "limits@openssh.com"), CMD_EXTENDED_REPLY)
-            _packet, max_read, max_write = msg.get_int64(), msg.get_int64(), msg.get_int64()
-            if max_read and max_write:
-                self.chunk = min(max_read, max_write, _MAX_CHUNK)
+            with contextlib.suppress(SftpStatus):  # then the small pieces every server takes
+                reply = self.call(CMD_EXTENDED, "limits@openssh.com")
+                msg = self.check(reply, CMD_EXTENDED_REPLY)
+                _packet, max_read, max_write = msg.get_int64(), msg.get_int64(), msg.get_int64()
+                if max_read and max_write:
+                    self.chunk = min(max_read, max_write, _MAX_CHUNK)
         self.uses = 0
 
     # -- the failure of the session itself
