@@ -351,3 +351,26 @@ def test_home_setup_refuses_bad_input_in_one_line(run, tmp_path):
     ):
         r = run("backup", "home-setup", *args, check=False)
         assert_one_line_error(r, *words)
+
+
+def test_a_plain_sftp_home_takes_a_copy_that_restores(run, homes, tmp_path):
+    home = homes["home2"]  # an ordinary ssh account: no forced command, sftp only
+    store = init_store(run, tmp_path / "store")
+    src = make_sample_tree(tmp_path / "src")
+    expected = manifest(src)
+    create(run, store, src)
+    url = f"ssh://{home.user}@{home.name}{home.storage}/plain"
+    home.shape("20mbit")
+    doc = sync(run, store, url, env=ssh_env(homes, **NO_PASS))
+    assert doc["ok"] and doc["created"] and doc["snapshots_copied"] == 1
+    assert objects(Path(home.storage) / "plain") == objects(store)
+    grow(src, "more.bin", 300_000, 40)
+    create(run, store, src)
+    inc = sync(run, store, url, env=ssh_env(homes, **NO_PASS))
+    assert inc["snapshots_copied"] == 1 and inc["packs_sent"] == 1
+    target = tmp_path / "restored"
+    run("backup", "restore", url, json.loads(run("backup", "list", url, "--json",
+        env=ssh_env(homes)).out)[0]["id"], target, env=ssh_env(homes))  # fmt: skip
+    assert manifest(restored(target, src)) == expected
+    r = run("backup", "scrub", url, "--json", env=ssh_env(homes, **NO_PASS))
+    assert json.loads(r.out)["ok"] is True
