@@ -19,10 +19,12 @@ def run(
     timeout: float = DEFAULT_TIMEOUT,
     cwd: str | None = None,
     what: str = "",
+    check: bool = True,
 ) -> subprocess.CompletedProcess[str]:
     """Run a program to the end; HostError names it and the last line it printed when it
     fails, is missing or takes longer than `timeout` seconds. `env` adds to the
-    environment."""
+    environment. `check=False` returns a failed run instead, for callers whose program's
+    most telling line is not its last one (npm) or whose exit codes are not all errors."""
     name = what or os.path.basename(argv[0])
     full_env = {**os.environ, **env} if env is not None else None
     try:
@@ -40,7 +42,7 @@ def run(
         raise HostError(f"{argv[0]} is not installed (needed for {name})") from None
     except subprocess.TimeoutExpired:
         raise HostTimeout(f"{name} did not finish in {timeout:.0f} s: {' '.join(argv)}") from None
-    if result.returncode != 0:
+    if check and result.returncode != 0:
         raise HostError(f"{name} failed (exit {result.returncode}): {last_line(result)}")
     return result
 
