@@ -99,6 +99,26 @@ SETTINGS: tuple[Setting, ...] = (
         "",
         "An AWS credentials file for s3:// stores; empty: AWS_* variables and ~/.aws/credentials.",
     ),
+    Setting(
+        "systemd_unit_dir",
+        "/etc/systemd/system",
+        "Where services' systemd units are written, on hosts where systemd is PID 1.",
+    ),
+    Setting(
+        "supervisor_config",
+        "/etc/supervisor/supervisord.conf",
+        "The supervisord configuration that supervisorctl is given, on hosts without systemd.",
+    ),
+    Setting(
+        "supervisor_conf_dir",
+        "/etc/supervisor/conf.d",
+        "Where services' supervisord programs are written; supervisor_config must include it.",
+    ),
+    Setting(
+        "service_log_dir",
+        "/var/log/isidorus",
+        "Where supervisord writes each service's output (NAME.log); systemd uses its journal.",
+    ),
 )
 
 CONFIG_FILE = "/etc/isidorus/isidorus.toml"
