@@ -100,6 +100,49 @@ SETTINGS: tuple[Setting, ...] = (
         "An AWS credentials file for s3:// stores; empty: AWS_* variables and ~/.aws/credentials.",
     ),
     Setting(
+        "service_data_root",
+        "/var/lib/isidorus/services",
+        "Where installed services keep their data: one directory per service.",
+    ),
+    Setting(
+        "service_config_root",
+        "/etc/isidorus/services",
+        "Where installed services' configuration files are written: one directory each.",
+    ),
+    Setting(
+        "nginx_sites_dir",
+        "/etc/nginx/isidorus",
+        "Where isidorus writes the nginx sites of the services; nginx includes "
+        "NGINX_SITES_DIR/*.conf inside http {}.",
+    ),
+    Setting("nginx_test_command", "nginx -t", "How isidorus checks nginx's configuration."),
+    Setting("nginx_reload_command", "nginx -s reload", "How isidorus makes nginx reload it."),
+    Setting(
+        "nginx_listen",
+        "* [::]",
+        "The addresses the services' sites listen on, separated by spaces.",
+    ),
+    Setting("services_http_port", 80, "The port of the services' sites over http."),
+    Setting("services_https_port", 443, "The port of the services' sites over https."),
+    Setting(
+        "services_tls",
+        "self-signed",
+        "Certificates of the services' sites: self-signed (until ACME is set up), or none "
+        "(plain http, for a host used only on a local network).",
+    ),
+    Setting("tls_dir", "/etc/isidorus/tls", "Where the services' certificates and keys are kept."),
+    Setting(
+        "services_auth_url",
+        "http://127.0.0.1:8080/auth/check",
+        "Where nginx asks isidorus about each request to a service (isidorus serve's /auth/check).",
+    ),
+    Setting(
+        "services_login_url",
+        "",
+        "Where a visitor who is not logged in is sent; empty: https://DOMAIN/login, DOMAIN "
+        "being the host's.",
+    ),
+    Setting(
         "systemd_unit_dir",
         "/etc/systemd/system",
         "Where services' systemd units are written, on hosts where systemd is PID 1.",

@@ -1,16 +1,49 @@
-"""`isidorus service …`: the catalog of libre services."""
+"""`isidorus service …`: the catalog of libre services, and the installed ones."""
 
 from __future__ import annotations
 
+import functools
+import getpass
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 import click
 
-from isidorus.cli.output import print_json
+from isidorus import settings
+from isidorus.cli.output import print_json, warn
+from isidorus.ops import accounts
 from isidorus.ops import services as ops
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _actor() -> str:
+    return f"cli:{getpass.getuser()}"
+
+
+def with_host(f: F) -> F:
+    """Adds --data-dir and hands the command the host's data directory and state."""
+
+    @click.option("--data-dir", metavar="DIR", help="The host's data directory.")
+    @functools.wraps(f)
+    def wrapper(data_dir: str | None, **kw: Any) -> Any:
+        where = data_dir or str(settings.load()["data_dir"])
+        db = accounts.open_state(where, warn=warn)
+        try:
+            return f(db, where, **kw)
+        finally:
+            db.close()
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _say(message: str) -> None:
+    click.echo(message, err=True)
 
 
 @click.group()
 def service() -> None:
-    """Libre services: the catalog, and (soon) install, upgrade and removal."""
+    """Libre services: the catalog, install, removal, who may use each."""
 
 
 @service.command("catalog")
@@ -23,3 +56,121 @@ def service_catalog(as_json: bool) -> None:
         return
     for m in manifests:
         click.echo(f"{m.id:12} {m.name:16} {m.version:12} {m.sso.kind:7} {', '.join(m.replaces)}")
+
+
+@service.command("install")
+@click.argument("service_id", metavar="ID")
+@click.option("--domain", help="Where members reach it (default: ID.<the host's domain>).")
+@click.option("--path", default="/", show_default=True, help="Under this path of the domain.")
+@click.option(
+    "--allow",
+    "allow",
+    multiple=True,
+    metavar="GROUP",
+    help="Open it to this group only (repeatable; default: every member).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@with_host
+def service_install(
+    db: Any,
+    data_dir: str,
+    service_id: str,
+    domain: str | None,
+    path: str,
+    allow: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Install the service ID from the catalog, start it and publish it behind nginx."""
+    options = ops.InstallOptions(service_id, domain, path, tuple(allow))
+    s = ops.install(db, data_dir, options, _actor(), _say)
+    if as_json:
+        print_json(ops.ServiceStatus(s, "running", "ok").to_json())
+        return
+    who = ", ".join(s.allow) or "every member"
+    click.echo(f"{s.id} {s.version} installed at {s.url} (open to {who})")
+
+
+@service.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@with_host
+def service_list(db: Any, data_dir: str, as_json: bool) -> None:
+    """List the installed services, with their URL, state and health."""
+    found = ops.list_installed(db, data_dir)
+    if as_json:
+        print_json([s.to_json() for s in found])
+        return
+    for st in found:
+        doc = st.to_json()
+        click.echo(f"{doc['id']:12} {doc['state']:9} {doc['health']:24} {doc['url']}")
+    if not found:
+        click.echo("no service is installed: see `isidorus service catalog`", err=True)
+
+
+@service.command("remove")
+@click.argument("service_id", metavar="ID")
+@click.option(
+    "--purge",
+    is_flag=True,
+    help="Also delete its data, configuration, user and the packages its install added.",
+)
+@with_host
+def service_remove(db: Any, data_dir: str, service_id: str, purge: bool) -> int:
+    """Stop and unpublish the service ID; its data stays unless --purge."""
+    problems = ops.remove(db, data_dir, service_id, purge, _actor(), _say)
+    for p in problems:
+        warn(f"could not remove {p}")
+    kept = "" if purge else " (its data is kept: --purge deletes it)"
+    click.echo(f"{service_id} removed{kept}")
+    return 1 if problems else 0
+
+
+@service.command("allow")
+@click.argument("service_id", metavar="ID")
+@click.argument("group")
+@with_host
+def service_allow(db: Any, data_dir: str, service_id: str, group: str) -> None:
+    """Open the service ID to the members of GROUP."""
+    s = ops.allow(db, data_dir, service_id, group, _actor())
+    click.echo(f"{s.id} is open to {', '.join(s.allow)}")
+
+
+@service.command("deny")
+@click.argument("service_id", metavar="ID")
+@click.argument("group")
+@with_host
+def service_deny(db: Any, data_dir: str, service_id: str, group: str) -> None:
+    """Close the service ID to the members of GROUP."""
+    s = ops.deny(db, data_dir, service_id, group, _actor())
+    click.echo(f"{s.id} is open to {', '.join(s.allow)}")
+
+
+@service.command("logs")
+@click.argument("service_id", metavar="ID")
+@click.option(
+    "--lines",
+    "-n",
+    default=100,
+    show_default=True,
+    type=click.IntRange(1, 100000),
+    help="How many of the last lines.",
+)
+@with_host
+def service_logs(db: Any, data_dir: str, service_id: str, lines: int) -> None:
+    """Print the last lines the service ID wrote."""
+    for line in ops.logs(db, data_dir, service_id, lines):
+        click.echo(line)
+
+
+@service.command("restart")
+@click.argument("service_id", metavar="ID")
+@with_host
+def service_restart(db: Any, data_dir: str, service_id: str) -> int:
+    """Restart the service ID and wait until it is healthy again."""
+    problem = ops.restart(db, data_dir, service_id, _actor())
+    if problem:
+        click.echo(
+            f"isidorus: error: {service_id} restarted but is not healthy: {problem}", err=True
+        )
+        return 1
+    click.echo(f"{service_id} restarted and healthy")
+    return 0

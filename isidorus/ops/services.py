@@ -1,13 +1,235 @@
-"""Service use cases: the catalog (install, upgrade and removal build on it)."""
+"""Service use cases: the catalog, and installing, listing, opening to groups and removing
+services. The command line, the web and the API call these; each change is recorded in the
+state database and the audit log."""
 
 from __future__ import annotations
 
+import re
+import shlex
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
 from isidorus import settings
+from isidorus.errors import UsageError
+from isidorus.ops.accounts import audit
+from isidorus.ops.database import read_config
 from isidorus.services import catalog as catalog_
+from isidorus.services import health, installed, lifecycle
+from isidorus.services.errors import ServiceError
+from isidorus.services.installed import Installed
 from isidorus.services.manifest import Manifest
+from isidorus.state.db import Database
+from isidorus.system.nginx import Nginx
+from isidorus.system.processes import process_manager
+
+Say = Callable[[str], None]
+_DOMAIN = re.compile(
+    r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*"
+)
+_PATH = re.compile(r"/([A-Za-z0-9._~-]+(/[A-Za-z0-9._~-]+)*)?")
 
 
 def catalog() -> list[Manifest]:
     """Every service isidorus can install, built-in and the operator's own."""
     own = str(settings.load()["services_dir"])
     return [e.manifest for e in catalog_.entries(own).values()]
+
+
+def machinery(conf: Mapping[str, Any], host_domain: str) -> lifecycle.Machinery:
+    """The host's programs as the settings describe them."""
+    login = str(conf.get("services_login_url") or f"https://{host_domain}/login")
+    nginx = Nginx(
+        str(conf["nginx_sites_dir"]),
+        auth_url=str(conf["services_auth_url"]),
+        login_url=login,
+        test_cmd=tuple(shlex.split(str(conf["nginx_test_command"]))),
+        reload_cmd=tuple(shlex.split(str(conf["nginx_reload_command"]))),
+        addresses=tuple(str(conf["nginx_listen"]).split()),
+    )
+    tls = str(conf["services_tls"])
+    if tls not in ("self-signed", "none"):
+        raise UsageError(f"services_tls = {tls!r} is unknown: write self-signed or none")
+    return lifecycle.Machinery(
+        processes=process_manager(conf),
+        nginx=nginx,
+        data_root=str(conf["service_data_root"]),
+        config_root=str(conf["service_config_root"]),
+        tls_dir=str(conf["tls_dir"]) if tls == "self-signed" else None,
+        http_port=int(conf["services_http_port"]),
+        https_port=int(conf["services_https_port"]),
+    )
+
+
+@dataclass(frozen=True)
+class InstallOptions:
+    service: str
+    domain: str | None = None  # default: SERVICE.HOST_DOMAIN
+    path: str = "/"
+    allow: tuple[str, ...] = ()
+
+
+def _check_place(domain: str, path: str) -> None:
+    if not _DOMAIN.fullmatch(domain):
+        raise UsageError(f"{domain!r} is not a domain name: write it like cal.example.org")
+    if not _PATH.fullmatch(path):
+        raise UsageError(f"{path!r} is not a path: write / or /name (letters, digits, . _ ~ -)")
+
+
+def install(
+    db: Database, data_dir: str, options: InstallOptions, actor: str, say: Say
+) -> Installed:
+    """Install a service from the catalog, start it, and publish it behind nginx, open to
+    the groups of `options.allow` (every member when none). All or nothing."""
+    conf = settings.load()
+    entry = catalog_.get(options.service, str(conf["services_dir"]))
+    manifest = entry.manifest
+    host_domain = str(read_config(data_dir).get("domain", "localhost"))
+    domain = (options.domain or f"{manifest.id}.{host_domain}").lower()
+    _check_place(domain, options.path)
+    with db.write() as conn:
+        installed.group_ids(conn, options.allow)  # a wrong group stops it before anything
+        installed.begin(conn, manifest, domain, options.path)
+        audit(conn, actor, "service.install.start", manifest.id, domain + options.path)
+    tools = machinery(conf, host_domain)
+    where = lifecycle.placement(tools, manifest, domain, options.path)
+    try:
+        added = lifecycle.install(tools, manifest, entry.directory, where, options.allow, say)
+    except BaseException:
+        with db.write() as conn:
+            installed.forget(conn, manifest.id)
+            audit(conn, actor, "service.install.failed", manifest.id)
+        raise
+    with db.write() as conn:
+        installed.finish(conn, manifest.id, added)
+        installed.set_allowed(conn, manifest.id, options.allow)
+        audit(conn, actor, "service.install", manifest.id, ",".join(options.allow))
+        return installed.get(conn, manifest.id)
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    service: Installed
+    process: str  # running, stopped, failed, absent…
+    health: str  # "ok", or what is wrong
+
+    def to_json(self) -> dict[str, Any]:
+        s = self.service
+        return {
+            "id": s.id,
+            "name": s.manifest.name,
+            "version": s.version,
+            "url": s.url,
+            "domain": s.domain,
+            "path": s.path,
+            "state": s.state if s.state != "installed" else self.process,
+            "health": self.health,
+            "allow": list(s.allow),
+            "replaces": list(s.manifest.replaces),
+        }
+
+
+def list_installed(db: Database, data_dir: str) -> list[ServiceStatus]:
+    with db.read() as conn:
+        found = installed.all_installed(conn)
+    if not found:
+        return []
+    tools = machinery(settings.load(), str(read_config(data_dir).get("domain", "localhost")))
+    out = []
+    for s in found:
+        process = tools.processes.state(lifecycle.process_name(s.id))
+        problem = (
+            health.check(s.manifest.health, s.port, timeout=2) if process == "running" else process
+        )
+        out.append(ServiceStatus(s, process, problem or "ok"))
+    return out
+
+
+def remove(
+    db: Database, data_dir: str, service: str, purge: bool, actor: str, say: Say
+) -> list[str]:
+    """Stop, unpublish and forget the service; with `purge`, also its data, configuration,
+    user and the packages its install added (that no other service needs). Returns what
+    could not be removed."""
+    conf = settings.load()
+    with db.read() as conn:
+        found = installed.get(conn, service)
+        others = [s for s in installed.all_installed(conn) if s.id != service]
+    keep = frozenset(p for s in others for p in s.added.packages)
+    tools = machinery(conf, str(read_config(data_dir).get("domain", "localhost")))
+    problems = lifecycle.remove(
+        tools, found.manifest, found.added, purge=purge, keep_packages=keep, say=say
+    )
+    with db.write() as conn:
+        installed.forget(conn, service)
+        audit(conn, actor, "service.remove", service, "purge" if purge else "")
+    return problems
+
+
+def _republish(
+    db: Database,
+    data_dir: str,
+    service: str,
+    change: Callable[[tuple[str, ...]], tuple[str, ...]],
+    actor: str,
+    action: str,
+    group: str,
+) -> Installed:
+    conf = settings.load()
+    tools = machinery(conf, str(read_config(data_dir).get("domain", "localhost")))
+    with db.write() as conn:
+        found = installed.get(conn, service)
+        allow = change(found.allow)
+        installed.set_allowed(conn, service, allow)
+        where = lifecycle.placement(tools, found.manifest, found.domain, found.path)
+        # inside the transaction: a site nginx refuses leaves the groups as they were
+        tools.nginx.publish(lifecycle.site(tools, found.manifest, where, allow))
+        audit(conn, actor, action, service, group)
+        return installed.get(conn, service)
+
+
+def allow(db: Database, data_dir: str, service: str, group: str, actor: str) -> Installed:
+    """Open the service to the members of `group` (once any group is named, only named
+    groups' members get in)."""
+    return _republish(
+        db, data_dir, service, lambda a: tuple(sorted({*a, group})), actor, "service.allow", group
+    )
+
+
+def deny(db: Database, data_dir: str, service: str, group: str, actor: str) -> Installed:
+    def without(a: tuple[str, ...]) -> tuple[str, ...]:
+        if group not in a:
+            now = ", ".join(a) or "none (every member)"
+            raise ServiceError(f"{group} is not among the groups allowed on {service}: {now}")
+        rest = tuple(g for g in a if g != group)
+        if not rest:
+            raise ServiceError(
+                f"{group} is the last group allowed on {service}: without it every member "
+                "would get in; allow another group first, or remove the service"
+            )
+        return rest
+
+    return _republish(db, data_dir, service, without, actor, "service.deny", group)
+
+
+def logs(db: Database, data_dir: str, service: str, lines: int) -> list[str]:
+    with db.read() as conn:
+        installed.get(conn, service)
+    tools = machinery(settings.load(), str(read_config(data_dir).get("domain", "localhost")))
+    return tools.processes.logs(lifecycle.process_name(service), lines)
+
+
+def restart(db: Database, data_dir: str, service: str, actor: str) -> str:
+    """Restart the service and wait for its health check; the problem, if it stays sick."""
+    with db.write() as conn:
+        found = installed.get(conn, service)
+        audit(conn, actor, "service.restart", service)
+    tools = machinery(settings.load(), str(read_config(data_dir).get("domain", "localhost")))
+    name = lifecycle.process_name(service)
+    tools.processes.restart(name)
+    problem = health.wait_healthy(
+        found.manifest.health,
+        found.port,
+        lambda: tools.processes.state(name) in ("running", "starting"),
+    )
+    return problem or ""

@@ -49,6 +49,12 @@ def m0007_login_failures(conn: Connection) -> None:
     schema.login_failures.create(conn)
 
 
+def m0008_services(conn: Connection) -> None:
+    """Installed services, and the groups allowed to use each."""
+    schema.services.create(conn)
+    schema.service_groups.create(conn)
+
+
 MIGRATIONS: tuple[tuple[str, Migration], ...] = (
     ("0001_accounts", m0001_accounts),
     ("0002_sessions", m0002_sessions),
@@ -56,6 +62,7 @@ MIGRATIONS: tuple[tuple[str, Migration], ...] = (
     ("0004_oidc", m0004_oidc),
     ("0006_second_factor", m0006_second_factor),
     ("0007_login_failures", m0007_login_failures),
+    ("0008_services", m0008_services),
 )
 
 

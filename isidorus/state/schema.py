@@ -165,3 +165,29 @@ login_failures = Table(
     Column("key", String(300), nullable=False, index=True),  # "user:NAME" or "address:IP"
     Column("at", UtcDateTime(), nullable=False),
 )
+
+# Installed services: what was installed where, and what the install added to the host
+# (so a removal with --purge takes away exactly that, and nothing that was there before).
+services = Table(
+    "services",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("version", String(64), nullable=False),
+    Column("domain", String(253), nullable=False),
+    Column("path", String(200), nullable=False, default="/"),
+    Column("port", Integer, nullable=False),
+    Column("state", String(16), nullable=False),  # installing | installed | removing
+    Column("manifest", Text, nullable=False),  # the manifest as installed (JSON)
+    Column("added", Text, nullable=False, default="{}"),  # JSON: packages, user, directories
+    Column("installed_at", UtcDateTime(), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
+)
+
+service_groups = Table(
+    "service_groups",
+    metadata,
+    Column(
+        "service_id", String(64), ForeignKey("services.id", ondelete="CASCADE"), primary_key=True
+    ),
+    Column("group_id", Integer, ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True),
+)

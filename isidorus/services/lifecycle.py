@@ -1,0 +1,297 @@
+"""Installing and removing a service on this host, all or nothing.
+
+An install is a row of steps: packages, the system user, directories, the software's own
+environment (PyPI, npm), configuration files, the process, the health check, then the nginx
+site. Each step that changes the host records how to take it back in a journal; when a
+step fails, the journal is played backwards, so a failed install leaves the host as it
+was, and the error says which step failed and why. What an install added (packages that
+were not there before, a user it made, directories it made) is returned, so that a removal
+with `purge` takes away exactly that.
+
+Nothing here touches the state database: `ops/services.py` records what happened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from isidorus.services.errors import ServiceError
+from isidorus.services.health import port_is_free, wait_healthy
+from isidorus.services.manifest import Manifest
+from isidorus.services.render import Placement, command, environment, render_config
+from isidorus.system import packages, users
+from isidorus.system.errors import HostError
+from isidorus.system.nginx import Nginx, Site
+from isidorus.system.processes import ProcessManager, ProcessSpec
+from isidorus.system.tls import self_signed
+
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Machinery:
+    """The host's programs an install drives, and where services live."""
+
+    processes: ProcessManager
+    nginx: Nginx
+    data_root: str  # a service's data in DATA_ROOT/<id>
+    config_root: str  # its configuration in CONFIG_ROOT/<id>
+    tls_dir: str | None  # certificates; None: sites over plain http (local use, tests)
+    http_port: int = 80
+    https_port: int = 443
+
+
+@dataclass
+class Added:
+    """What an install added to the host (and so what a purge takes away)."""
+
+    packages: list[str] = field(default_factory=list)
+    user: str = ""  # the system user, when the install made it
+    directories: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Added:
+        return cls(
+            packages=list(doc.get("packages", [])),
+            user=str(doc.get("user", "")),
+            directories=list(doc.get("directories", [])),
+        )
+
+
+class Journal:
+    """How to take back each step done so far, played backwards on failure."""
+
+    def __init__(self, say: Say) -> None:
+        self.say = say
+        self.undo: list[tuple[str, Callable[[], None]]] = []
+
+    def did(self, what: str, undo: Callable[[], None]) -> None:
+        self.undo.append((what, undo))
+
+    def roll_back(self) -> list[str]:
+        """Undo every step, newest first; returns what could not be undone."""
+        failed = []
+        for what, undo in reversed(self.undo):
+            self.say(f"undoing: {what}")
+            try:
+                undo()
+            except Exception as exc:  # noqa: BLE001 - go on undoing the rest
+                failed.append(f"{what}: {exc}")
+        self.undo.clear()
+        return failed
+
+
+def process_name(service: str) -> str:
+    return f"isidorus-{service}"
+
+
+def placement(machinery: Machinery, manifest: Manifest, domain: str, path: str) -> Placement:
+    return Placement(
+        service=manifest.id,
+        domain=domain,
+        path=path,
+        port=manifest.run.port,
+        user=manifest.run.user,
+        data_dir=os.path.join(machinery.data_root, manifest.id),
+        config_dir=os.path.join(machinery.config_root, manifest.id),
+    )
+
+
+def site(
+    machinery: Machinery, manifest: Manifest, where: Placement, allow: tuple[str, ...]
+) -> Site:
+    tls = None
+    if machinery.tls_dir is not None:
+        tls = self_signed(where.domain, machinery.tls_dir)
+    return Site(
+        service=manifest.id,
+        domain=where.domain,
+        path=where.path,
+        port=where.port,
+        sso=manifest.sso.kind,
+        sso_header=manifest.sso.header,
+        allow=allow,
+        tls=tls,
+        listen_http=machinery.http_port,
+        listen_https=machinery.https_port,
+    )
+
+
+def _debian_packages(manifest: Manifest) -> list[str]:
+    wanted = list(manifest.source.debian)
+    if manifest.source.pypi:
+        wanted += [p for p in packages.VENV_DEBIAN if p not in wanted]
+    if manifest.source.npm:
+        wanted += [p for p in packages.NPM_DEBIAN if p not in wanted]
+    return wanted
+
+
+def install(
+    machinery: Machinery,
+    manifest: Manifest,
+    templates: Path,
+    where: Placement,
+    allow: tuple[str, ...],
+    say: Say,
+) -> Added:
+    """Install, start and publish the service; on any failure, undo everything and raise
+    ServiceError naming the step."""
+    if manifest.run.unit is not None and machinery.processes.kind != "systemd":
+        raise ServiceError(
+            f"{manifest.id} runs as the unit {manifest.run.unit} of its Debian package, which "
+            "needs systemd; this host has none as PID 1"
+        )
+    if not port_is_free(where.port):
+        raise ServiceError(
+            f"port {where.port}, which {manifest.id} listens on, is already in use: stop what "
+            "uses it (`ss -ltnp`), or remove the service that has it"
+        )
+    added = Added()
+    journal = Journal(say)
+    step = "checking"
+    try:
+        step = "installing packages"
+        debian = _debian_packages(manifest)
+        if debian:
+            say(f"installing {', '.join(debian)}")
+            added.packages = packages.apt_install(debian)
+            if added.packages:
+                new = list(added.packages)
+                journal.did(f"packages {', '.join(new)}", lambda: packages.apt_remove(new))
+
+        step = "creating the system user"
+        if users.ensure_system_user(where.user, where.data_dir):
+            added.user = where.user
+            journal.did(f"user {where.user}", lambda: users.remove_system_user(where.user))
+
+        step = "creating directories"
+        for d, owner, mode in (
+            (where.data_dir, where.user, 0o750),
+            (where.config_dir, "root", 0o755),
+        ):
+            if users.make_directory(d, owner, mode):
+                added.directories.append(d)
+                journal.did(f"directory {d}", functools.partial(_rmtree, d))
+
+        if manifest.source.pypi:
+            step = "installing from PyPI"
+            say(f"installing {', '.join(manifest.source.pypi)} into {where.data_dir}/env")
+            packages.venv_install(os.path.join(where.data_dir, "env"), manifest.source.pypi)
+        if manifest.source.npm:
+            step = "installing from npm"
+            say(f"installing {', '.join(manifest.source.npm)}")
+            packages.npm_install(os.path.join(where.data_dir, "node"), manifest.source.npm)
+
+        step = "writing the configuration"
+        for path, text, mode in render_config(manifest, templates, where):
+            _write_config(path, text, mode, where.user, journal)
+
+        step = "starting the service"
+        name = process_name(manifest.id)
+        if manifest.run.command is not None:
+            machinery.processes.install(
+                ProcessSpec(
+                    name=name,
+                    command=command(manifest, where),
+                    user=where.user,
+                    directory=where.data_dir,
+                    environment=environment(manifest, where),
+                    description=f"{manifest.name} ({manifest.id}), installed by isidorus",
+                )
+            )
+            journal.did(f"process {name}", lambda: machinery.processes.uninstall(name))
+            machinery.processes.start(name)
+
+        step = "waiting for the service to be healthy"
+        say(f"waiting for {manifest.id} to answer on port {where.port}")
+        problem = wait_healthy(
+            manifest.health,
+            where.port,
+            lambda: machinery.processes.state(name) in ("running", "starting"),
+        )
+        if problem is not None:
+            tail = machinery.processes.logs(name, 5)
+            last = f"; its last output: {' | '.join(tail)}" if tail else ""
+            raise ServiceError(f"{problem}{last}")
+
+        step = "publishing it behind nginx"
+        machinery.nginx.publish(site(machinery, manifest, where, allow))
+        journal.did("nginx site", lambda: machinery.nginx.unpublish(manifest.id))
+    except (ServiceError, HostError, OSError) as exc:
+        failed = journal.roll_back()
+        left = (
+            f"; could not undo: {'; '.join(failed)}" if failed else "; everything it did was undone"
+        )
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ServiceError(f"installing {manifest.id} failed while {step}: {why}{left}") from None
+    return added
+
+
+def _rmtree(path: str) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _write_config(path: str, text: str, mode: int, user: str, journal: Journal) -> None:
+    existed = os.path.exists(path)
+    before = Path(path).read_bytes() if existed else None
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.isidorus-tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.chmod(tmp, mode)
+    # root owns it, the service's group reads it: the service cannot rewrite its own config
+    shutil.chown(tmp, "root", user)
+    os.replace(tmp, path)
+
+    def undo() -> None:
+        if before is None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        else:
+            Path(path).write_bytes(before)
+
+    journal.did(f"file {path}", undo)
+
+
+def remove(
+    machinery: Machinery,
+    manifest: Manifest,
+    added: Added,
+    *,
+    purge: bool,
+    keep_packages: frozenset[str] = frozenset(),
+    say: Say,
+) -> list[str]:
+    """Stop and unpublish the service; with `purge`, also take away what its install
+    added (data, configuration, user, packages). Returns what could not be removed; goes
+    on past each failure so that a half-removed service can be removed again."""
+    problems = []
+    steps: list[tuple[str, Callable[[], None]]] = [
+        ("nginx site", lambda: machinery.nginx.unpublish(manifest.id)),
+        ("process", lambda: machinery.processes.uninstall(process_name(manifest.id))),
+    ]
+    if purge:
+        steps += [(f"directory {d}", functools.partial(_rmtree, d)) for d in added.directories]
+        if added.user:
+            steps.append((f"user {added.user}", lambda: users.remove_system_user(added.user)))
+        # packages that another installed service needs stay
+        gone = [p for p in added.packages if p not in keep_packages]
+        if gone:
+            steps.append((f"packages {', '.join(gone)}", lambda: packages.apt_remove(gone)))
+    for what, do in steps:
+        say(f"removing {what}")
+        try:
+            do()
+        except (HostError, OSError) as exc:
+            problems.append(f"{what}: {exc}")
+    return problems

@@ -1,0 +1,81 @@
+"""A manifest made concrete for one install: its placeholders filled in, its configuration
+templates rendered."""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+
+from isidorus.services.errors import ServiceError
+from isidorus.services.manifest import Manifest
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where one install of a service lives."""
+
+    service: str
+    domain: str
+    path: str  # "/" or "/prefix"
+    port: int
+    user: str
+    data_dir: str
+    config_dir: str
+
+    def values(self) -> dict[str, str]:
+        return {
+            "service": self.service,
+            "domain": self.domain,
+            "path": self.path,
+            "port": str(self.port),
+            "user": self.user,
+            "data_dir": self.data_dir,
+            "config_dir": self.config_dir,
+        }
+
+    def fill(self, text: str) -> str:
+        """A manifest string with its placeholders (checked when the manifest was read)."""
+        return text.format(**self.values())
+
+
+def command(manifest: Manifest, where: Placement) -> tuple[str, ...]:
+    assert manifest.run.command is not None
+    argv = shlex.split(where.fill(manifest.run.command))
+    if not argv or not argv[0].startswith("/"):
+        raise ServiceError(
+            f"{manifest.id}: run.command must start with an absolute program path, not "
+            f"{argv[0] if argv else 'nothing'!r}"
+        )
+    return tuple(argv)
+
+
+def environment(manifest: Manifest, where: Placement) -> dict[str, str]:
+    return {k: where.fill(v) for k, v in manifest.run.environment.items()}
+
+
+def render_config(
+    manifest: Manifest, templates: Path, where: Placement
+) -> list[tuple[str, str, int]]:
+    """(path, text, mode) of each configuration file. Templates are Jinja2, with the
+    placement's values as variables; an undefined variable is an error, not a blank."""
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(templates / manifest.id)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,  # configuration files, not HTML
+    )
+    out = []
+    for item in manifest.config:
+        try:
+            text = env.get_template(item.template).render(**where.values())
+        except jinja2.TemplateNotFound:
+            raise ServiceError(
+                f"{manifest.id}: the template {item.template!r} is not in {templates / manifest.id}"
+            ) from None
+        except jinja2.TemplateError as exc:
+            raise ServiceError(f"{manifest.id}: template {item.template}: {exc}") from None
+        out.append((where.fill(item.path), text, int(item.mode, 8)))
+    return out

@@ -1,0 +1,266 @@
+"""Services installed for real through the console script: Debian's and PyPI's packages,
+a supervisord and an nginx of the test's own, `isidorus serve` answering nginx's
+/auth/check, members reaching a service through nginx (and others refused)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import re
+import shlex
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx2
+import pytest
+
+from tests.integration.conftest import Isidorus, assert_one_line_error
+from tests.integration.servers import free_port, stop, wait_for_port
+from tests.system.nginx_server import NginxServer, running_nginx
+from tests.system.supervisor import running_supervisord
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+PASSWORDS = {"alice": "winter apples keep well", "bob": "summer pears ripen fast"}
+DOMAIN = "example.test"
+
+BROKEN = """
+id = "brokensvc"
+name = "Broken"
+description = "A service whose program exits at once: its install must leave nothing."
+replaces = ["Nothing"]
+version = "1.0"
+homepage = "https://example.org/"
+license = "MIT"
+
+[source]
+debian = ["{package}"]
+
+[run]
+user = "isibroken"
+command = "/bin/sh -c 'echo the broken service gives up; exit 3'"
+port = {port}
+
+[sso]
+kind = "none"
+
+[[config]]
+template = "broken.conf"
+path = "{{config_dir}}/broken.conf"
+
+[health]
+tcp = true
+timeout = 5
+"""
+
+
+@dataclass
+class Stack:
+    run: Isidorus
+    data_dir: Path
+    nginx: NginxServer
+    web_port: int
+    env: dict[str, str]
+    services_dir: Path
+    root: Path
+    sessions: dict[str, str] = field(default_factory=dict)
+
+    def isidorus(self, *args: object, **kw: object):  # type: ignore[no-untyped-def]
+        return self.run(*args, "--data-dir", self.data_dir, env=self.env, **kw)
+
+    def login(self, name: str) -> str:
+        # once per member: logins are throttled, as they should be
+        if name in self.sessions:
+            return self.sessions[name]
+        with httpx2.Client(timeout=10) as c:
+            page = c.get(f"http://127.0.0.1:{self.web_port}/login")
+            csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
+            r = c.post(
+                f"http://127.0.0.1:{self.web_port}/login",
+                data={"csrf": csrf, "name": name, "password": PASSWORDS[name]},
+            )
+            assert r.status_code in (200, 303), r.text
+            # the cookie is for the host's domain and its subdomains, not 127.0.0.1: read it
+            # from the answer, as a browser at example.test would keep it
+            cookie = next(h for h in r.headers.get_list("set-cookie") if "isidorus_session=" in h)
+            assert f"Domain={DOMAIN}" in cookie or f"domain={DOMAIN}" in cookie, cookie
+            self.sessions[name] = cookie.split("isidorus_session=", 1)[1].split(";", 1)[0]
+            return self.sessions[name]
+
+    def get(self, host: str, path: str, who: str | None = None) -> httpx2.Response:
+        headers = {"Cookie": f"isidorus_session={self.login(who)}"} if who else {}
+        return self.nginx.get(host, path, headers=headers)
+
+
+@pytest.fixture
+def stack(run: Isidorus) -> Iterator[Stack]:
+    # in /tmp with mode 755: services run as their own users, who cannot enter pytest's dirs
+    root = Path(tempfile.mkdtemp(prefix="isidorus-services-", dir="/tmp"))
+    root.chmod(0o755)
+    procs = []
+    try:
+        with running_supervisord(root / "sv") as sv, running_nginx(root) as ngx:
+            data_dir = root / "host"
+            run("init", "--data-dir", data_dir, "--domain", DOMAIN, "--password-stdin",
+                input="the keeper's passphrase\n")  # fmt: skip
+            for name, password in PASSWORDS.items():
+                run("user", "add", name, "--email", f"{name}@example.org", "--password-stdin",
+                    "--data-dir", data_dir, input=password + "\n")  # fmt: skip
+            run("group", "add", "family", "--data-dir", data_dir)
+            run("group", "add", "friends", "--data-dir", data_dir)
+            run("group", "add-member", "family", "alice", "--data-dir", data_dir)
+            run("group", "add-member", "friends", "bob", "--data-dir", data_dir)
+            web_port = free_port()
+            web = run.popen("serve", "--data-dir", data_dir, "--listen", f"127.0.0.1:{web_port}",
+                            "--workers", "1")  # fmt: skip
+            procs.append(web)
+            wait_for_port(web_port, web, "isidorus serve")
+            services_dir = root / "services.d"
+            services_dir.mkdir()
+            env = {
+                **{f"ISIDORUS_{k.upper()}": v for k, v in sv.items()},
+                "ISIDORUS_SERVICE_DATA_ROOT": str(root / "data"),
+                "ISIDORUS_SERVICE_CONFIG_ROOT": str(root / "etc"),
+                "ISIDORUS_SERVICES_DIR": str(services_dir),
+                "ISIDORUS_NGINX_SITES_DIR": str(ngx.sites_dir),
+                "ISIDORUS_NGINX_TEST_COMMAND": shlex.join(ngx.command("-t")),
+                "ISIDORUS_NGINX_RELOAD_COMMAND": shlex.join(ngx.reload_command()),
+                "ISIDORUS_NGINX_LISTEN": "127.0.0.1",
+                "ISIDORUS_SERVICES_HTTP_PORT": str(ngx.http_port),
+                "ISIDORUS_SERVICES_HTTPS_PORT": str(ngx.https_port),
+                "ISIDORUS_SERVICES_TLS": "none",
+                "ISIDORUS_SERVICES_AUTH_URL": f"http://127.0.0.1:{web_port}/auth/check",
+                "ISIDORUS_SERVICES_LOGIN_URL": f"http://127.0.0.1:{web_port}/login",
+            }
+            yield Stack(run, data_dir, ngx, web_port, env, services_dir, root)
+    finally:
+        stop(procs)
+        subprocess.run(["rm", "-rf", str(root)], check=False)
+
+
+def listed(stack: Stack) -> dict[str, dict]:
+    return {s["id"]: s for s in json.loads(stack.isidorus("service", "list", "--json").out)}
+
+
+def test_two_services_installed_at_once_reached_through_nginx_then_removed(stack):
+    # radicale from Debian's packages, copyparty from PyPI: at the same time
+    a = stack.run.popen("service", "install", "radicale", "--allow", "family", "--data-dir",
+                        stack.data_dir, "--json", env=stack.env)  # fmt: skip
+    b = stack.run.popen("service", "install", "copyparty", "--data-dir", stack.data_dir,
+                        "--json", env=stack.env)  # fmt: skip
+    for p in (a, b):
+        out, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err.decode()
+        assert json.loads(out)["state"] == "running"
+    found = listed(stack)
+    assert set(found) == {"radicale", "copyparty"}
+    assert found["radicale"]["health"] == "ok" and found["radicale"]["allow"] == ["family"]
+    assert found["radicale"]["url"] == f"https://radicale.{DOMAIN}/"
+    assert found["radicale"]["replaces"][0] == "Google Calendar"
+
+    cal = f"radicale.{DOMAIN}"
+    r = stack.get(cal, "/.web/")
+    assert r.status_code == 302 and r.headers["location"].startswith(
+        f"http://127.0.0.1:{stack.web_port}/login?next="
+    )
+    assert stack.get(cal, "/.web/", "alice").status_code == 200
+    assert stack.get(cal, "/.web/", "bob").status_code == 403
+    # radicale sees alice as nginx names her: her own collection, created on first use
+    # (owner_only rights: had the client's X-Remote-User: bob got through, this is a 403)
+    with httpx2.Client(timeout=10) as c:
+        r = c.request(
+            "PROPFIND",
+            f"http://127.0.0.1:{stack.nginx.http_port}/alice/",
+            headers={
+                "Host": f"{cal}:{stack.nginx.http_port}",
+                "Cookie": f"isidorus_session={stack.login('alice')}",
+                "X-Remote-User": "bob",
+                "Depth": "0",
+            },
+        )
+    assert r.status_code == 207 and "/alice/" in r.text, r.text
+    files = f"copyparty.{DOMAIN}"
+    assert stack.get(files, "/", "bob").status_code == 200  # every member
+
+    # groups: bob's friends get in, and the last group cannot be denied
+    stack.isidorus("service", "allow", "radicale", "friends")
+    assert stack.get(cal, "/.web/", "bob").status_code == 200
+    stack.isidorus("service", "deny", "radicale", "family")
+    assert stack.get(cal, "/.web/", "alice").status_code == 403
+    r = stack.isidorus("service", "deny", "radicale", "friends", check=False)
+    assert_one_line_error(r, "last group")
+    r = stack.isidorus("service", "allow", "radicale", "nosuchgroup", check=False)
+    assert_one_line_error(r, "no group")
+
+    assert stack.isidorus("service", "logs", "copyparty", "-n", "20").out.strip()
+    assert "healthy" in stack.isidorus("service", "restart", "copyparty").out
+
+    # removal: unpublished and stopped, data kept; --purge takes the data too
+    data = stack.root / "data"
+    stack.isidorus("service", "remove", "copyparty")
+    assert stack.get(files, "/", "bob").status_code == 404
+    assert (data / "copyparty").is_dir()
+    stack.isidorus("service", "remove", "radicale", "--purge")
+    assert stack.get(cal, "/.web/", "bob").status_code == 404
+    assert not (data / "radicale").exists()
+    assert listed(stack) == {}
+    assert [n for n in os.listdir(stack.nginx.sites_dir) if n.startswith("isidorus-")] == []
+    r = stack.isidorus("service", "remove", "radicale", check=False)
+    assert_one_line_error(r, "not installed")
+    audit = stack.run("audit", "--json", "--data-dir", stack.data_dir).out
+    assert "service.install" in audit and "service.remove" in audit
+
+
+def _absent_package() -> str:
+    for name in ("sl", "cowsay", "fortune-mod", "figlet"):
+        r = subprocess.run(["dpkg", "-s", name], capture_output=True)
+        if r.returncode != 0:
+            return name
+    pytest.fail("no small absent package to install: remove sl or cowsay")
+
+
+def test_an_install_that_fails_midway_leaves_nothing_behind(stack):
+    package = _absent_package()
+    port = free_port()
+    (stack.services_dir / "brokensvc.toml").write_text(BROKEN.format(package=package, port=port))
+    (stack.services_dir / "brokensvc").mkdir()
+    (stack.services_dir / "brokensvc" / "broken.conf").write_text("port = {{ port }}\n")
+    sites_before = sorted(os.listdir(stack.nginx.sites_dir))
+
+    r = stack.isidorus("service", "install", "brokensvc", check=False)
+    # the steps it took and undid are told as it goes; then one line says what failed
+    assert r.code == 1 and [ln for ln in r.err.splitlines() if "error" in ln] == [
+        r.err.splitlines()[-1]
+    ]
+    line = r.err.splitlines()[-1]
+    assert line.startswith("isidorus: error: installing brokensvc failed while "), line
+    assert "everything it did was undone" in line and "gives up" in line
+    assert "starting" in line or "healthy" in line
+    # the package it installed, its user, directories, process and site: all gone
+    assert subprocess.run(["dpkg", "-s", package], capture_output=True).returncode != 0
+    with pytest.raises(KeyError):
+        pwd.getpwnam("isibroken")
+    assert not (stack.root / "data" / "brokensvc").exists()
+    assert not (stack.root / "etc" / "brokensvc").exists()
+    assert not list(Path(stack.env["ISIDORUS_SUPERVISOR_CONF_DIR"]).glob("*brokensvc*"))
+    assert sorted(os.listdir(stack.nginx.sites_dir)) == sites_before
+    assert listed(stack) == {}
+
+
+def test_bad_requests_are_refused_in_one_line(stack):
+    for args, words in (
+        (("install", "nosuch"), ("no service",)),
+        (("install", "radicale", "--domain", "bad domain"), ("not a domain",)),
+        (("install", "radicale", "--path", "../x"), ("not a path",)),
+        (("install", "radicale", "--allow", "nosuchgroup"), ("no group",)),
+        (("logs", "radicale"), ("not installed",)),
+        (("restart", "radicale"), ("not installed",)),
+        (("allow", "radicale", "family"), ("not installed",)),
+    ):
+        r = stack.isidorus("service", *args, check=False)
+        assert_one_line_error(r, *words)
+    assert listed(stack) == {}
