@@ -23,7 +23,8 @@ from tests.integration.servers import free_port, stop, wait_for_port
 from tests.system.nginx_server import NginxServer, running_nginx
 from tests.system.supervisor import running_supervisord
 
-pytestmark = [pytest.mark.root, pytest.mark.slow]
+# installs run apt, one per host: these share an xdist worker with the other apt tests
+pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.xdist_group("apt")]
 
 PASSWORDS = {"alice": "winter apples keep well", "bob": "summer pears ripen fast"}
 DOMAIN = "example.test"
@@ -216,7 +217,7 @@ def test_two_services_installed_at_once_reached_through_nginx_then_removed(stack
 
 
 def _absent_package() -> str:
-    for name in ("sl", "cowsay", "fortune-mod", "figlet"):
+    for name in ("sl", "figlet", "toilet"):
         r = subprocess.run(["dpkg", "-s", name], capture_output=True)
         if r.returncode != 0:
             return name

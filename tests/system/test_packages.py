@@ -31,7 +31,8 @@ from isidorus.system.packages import (
     venv_install,
 )
 
-pytestmark = pytest.mark.root
+# apt is one per host: every test that runs it goes to the same xdist worker
+pytestmark = [pytest.mark.root, pytest.mark.xdist_group("apt")]
 
 # tiny, harmless, no daemon; cowsay-off depends on cowsay, and cowsay on this perl module
 TEST_PACKAGES = ("hello", "cowsay", "cowsay-off", "libtext-charwidth-perl")
