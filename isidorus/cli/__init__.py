@@ -26,9 +26,38 @@ _COMMANDS = {
     "token": "isidorus.cli.tokens:token",
     "serve": "isidorus.cli.server:serve",
     "service": "isidorus.cli.services:service",
-    "backup": "isidorus.cli.backup:backup",
     "oidc": "isidorus.cli.oidc:oidc",
     "directory": "isidorus.cli.directory:directory",
+}
+
+
+# `isidorus backup …`: each command in the module of its kind, loaded when named
+_BACKUP = {
+    **{
+        name: f"isidorus.cli.backup:{attr}"
+        for name, attr in (
+            ("init", "init"),
+            ("create", "create"),
+            ("list", "list_"),
+            ("ls", "ls"),
+            ("cat", "cat"),
+            ("diff", "diff"),
+            ("restore", "restore"),
+            ("verify", "verify"),
+            ("prune", "prune"),
+            ("forget", "forget"),
+            ("repair-index", "repair_index"),
+            ("gc", "gc"),
+            ("unlock", "unlock"),
+            ("key", "key"),
+        )
+    },
+    "sync": "isidorus.cli.offsite:sync",
+    "scrub": "isidorus.cli.offsite:scrub",
+    "remote": "isidorus.cli.offsite:remote",
+    "serve": "isidorus.cli.home:serve",
+    "removals": "isidorus.cli.home:removals",
+    "home-setup": "isidorus.cli.home:home_setup",
 }
 
 
@@ -38,6 +67,15 @@ _COMMANDS = {
 @click.version_option(__version__, prog_name="isidorus")
 def cli() -> None:
     """isidorus: host libre services for your people on one server, and keep them safe."""
+
+
+cli.add_command(
+    LazyGroup(
+        name="backup",
+        lazy=_BACKUP,
+        help="The datastore: deduplicated, compressed, encrypted snapshots.",
+    )
+)
 
 
 def main(argv: list[str] | None = None) -> None:

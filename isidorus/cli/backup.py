@@ -20,7 +20,7 @@ from isidorus.backup.prune import KeepPolicy
 from isidorus.backup.restorer import RestoreOptions
 from isidorus.backup.types import iso_time, parse_time
 from isidorus.backup.verify import VerifyOptions, VerifyReport
-from isidorus.cli.lazy import LazyGroup
+from isidorus.cli.options import json_option, resolve_store
 from isidorus.cli.output import (
     TerminalProgress,
     human_bytes,
@@ -30,16 +30,9 @@ from isidorus.cli.output import (
 )
 from isidorus.errors import UsageError
 from isidorus.ops import backups as ops
-from isidorus.ops import offsite, remotes
+from isidorus.ops import offsite
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def resolve_store(location: str) -> str:
-    """A STORE argument: `remote:NAME` is that remote's URL; anything else is a place."""
-    if not location.startswith(remotes.PREFIX):
-        return location
-    return remotes.resolve(location, settings.load_remotes(settings.config_path()))
 
 
 def store_options(f: F) -> F:
@@ -60,27 +53,7 @@ def store_options(f: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def json_option(f: F) -> F:
-    return click.option("--json", "as_json", is_flag=True, help="Print JSON.")(f)
-
-
-# the commands of copies and homes live in their own modules, loaded when named
-_ELSEWHERE = {
-    "sync": "isidorus.cli.offsite:sync",
-    "scrub": "isidorus.cli.offsite:scrub",
-    "remote": "isidorus.cli.offsite:remote",
-    "serve": "isidorus.cli.home:serve",
-    "removals": "isidorus.cli.home:removals",
-    "home-setup": "isidorus.cli.home:home_setup",
-}
-
-
-@click.group(cls=LazyGroup, lazy=_ELSEWHERE)
-def backup() -> None:
-    """The datastore: deduplicated, compressed, encrypted snapshots."""
-
-
-@backup.command()
+@click.command()
 @click.argument("store")
 @click.option(
     "--encryption",
@@ -139,7 +112,7 @@ def _parse_time(value: str | None) -> datetime | None:
         ) from None
 
 
-@backup.command()
+@click.command()
 @store_options
 @click.argument("paths", nargs=-1)
 @click.option("--tag", "tags", multiple=True, help="Tag the snapshot (repeatable).")
@@ -223,7 +196,7 @@ def _print_backup(r: BackupResult, as_json: bool) -> None:
     )
 
 
-@backup.command("list")
+@click.command("list")
 @store_options
 @click.option("--tag", "tags", multiple=True, help="Only snapshots with this tag.")
 @json_option
@@ -261,7 +234,7 @@ def _mode_string(node: dict[str, Any]) -> str:
     return stat.filemode(kinds.get(node["type"], 0) | node["mode"])
 
 
-@backup.command()
+@click.command()
 @store_options
 @click.argument("snapshot")
 @click.argument("path", default="/")
@@ -295,7 +268,7 @@ def ls(ref: ops.StoreRef, snapshot: str, path: str, long_: bool, as_json: bool) 
             click.echo(p)
 
 
-@backup.command()
+@click.command()
 @store_options
 @click.argument("snapshot")
 @click.argument("path")
@@ -305,7 +278,7 @@ def cat(ref: ops.StoreRef, snapshot: str, path: str) -> None:
     sys.stdout.buffer.flush()
 
 
-@backup.command()
+@click.command()
 @store_options
 @click.argument("snapshot_a")
 @click.argument("snapshot_b")
@@ -321,7 +294,7 @@ def diff(ref: ops.StoreRef, snapshot_a: str, snapshot_b: str, as_json: bool) -> 
         click.echo(f"{c}  {p}")
 
 
-@backup.command()
+@click.command()
 @store_options
 @click.argument("snapshot")
 @click.argument("target")
@@ -363,7 +336,7 @@ def restore(
     return 0
 
 
-@backup.command()
+@click.command()
 @store_options
 @click.option(
     "--snapshot", "snapshots", multiple=True, help="Check only this snapshot's files (repeatable)."
@@ -433,7 +406,7 @@ def _print_verify(report: VerifyReport, prefix: str = "") -> None:
     )
 
 
-@backup.command()
+@click.command()
 @store_options
 @click.option("--keep-last", type=click.IntRange(0), default=0, help="Keep the N newest.")
 @click.option(
@@ -478,7 +451,7 @@ def prune(
     click.echo(f"{s['keep']} kept, {s['remove']} {'to remove' if dry_run else 'removed'}")
 
 
-@backup.command()
+@click.command()
 @store_options
 @click.argument("snapshots", nargs=-1, required=True)
 @json_option
@@ -494,7 +467,7 @@ def forget(ref: ops.StoreRef, snapshots: tuple[str, ...], as_json: bool) -> None
     click.echo(f"{len(removed)} snapshots removed; run gc to free their space")
 
 
-@backup.command("repair-index")
+@click.command("repair-index")
 @store_options
 @json_option
 def repair_index(ref: ops.StoreRef, as_json: bool) -> int:
@@ -512,7 +485,7 @@ def repair_index(ref: ops.StoreRef, as_json: bool) -> int:
     return 1 if r.unreadable_packs else 0
 
 
-@backup.command()
+@click.command()
 @store_options
 @click.option(
     "--no-wait",
@@ -538,7 +511,7 @@ def gc(ref: ops.StoreRef, no_wait: bool, as_json: bool) -> None:
         )
 
 
-@backup.command()
+@click.command()
 @store_options
 @click.option(
     "--remove-all",
@@ -553,7 +526,7 @@ def unlock(ref: ops.StoreRef, remove_all: bool) -> None:
     click.echo(f"{len(gone)} locks removed")
 
 
-@backup.group()
+@click.group()
 def key() -> None:
     """The store's key: passphrase and backup copy."""
 

@@ -12,7 +12,7 @@ import click
 
 from isidorus.backup.removals import parse_delay
 from isidorus.backup.serve import ServeOptions
-from isidorus.cli.backup import json_option
+from isidorus.cli.options import json_option
 from isidorus.cli.output import print_json
 from isidorus.errors import UsageError
 from isidorus.ops import homes

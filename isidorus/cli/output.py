@@ -7,22 +7,12 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from typing import Any
-
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
+from typing import TYPE_CHECKING, Any
 
 from isidorus.errors import UsageError
 
-err_console = Console(stderr=True, highlight=False)
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 
 def print_json(doc: Any) -> None:
@@ -47,6 +37,17 @@ class TerminalProgress:
     def start(self, what: str, total_items: int | None, total_bytes: int | None) -> None:
         if not self.live:
             return
+        # rich loads only for a bar on a terminal: piped and scripted commands start faster
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
         self.items, self.total_items = 0, total_items
         self.bar = Progress(
             TextColumn("{task.description}"),
@@ -55,7 +56,7 @@ class TerminalProgress:
             DownloadColumn(),
             TransferSpeedColumn(),
             TimeRemainingColumn(),
-            console=err_console,
+            console=Console(stderr=True, highlight=False),
             transient=True,
         )
         self.task = self.bar.add_task(what, total=total_bytes, files=self._files())
