@@ -40,7 +40,9 @@ from isidorus.system.tls import Certificate
 __all__ = ["Certificate", "Nginx", "Site"]
 
 SHARED = "isidorus.conf"
-ACME_DIR = "/var/lib/isidorus/acme-challenge"
+# not inside the host's data directory (/var/lib/isidorus, mode 0700): nginx's workers
+# (www-data) read the challenges' proofs from here
+ACME_DIR = "/var/lib/isidorus-acme-challenge"
 # uploads to file services (copyparty, bepasty…) are refused above this: large enough for
 # videos and disk images, small enough that one request cannot fill the disk by accident
 BODY_LIMIT = "1g"

@@ -140,7 +140,7 @@ def test_a_site_without_tls_is_one_server_on_http():
     assert "listen *:80;" in text and "listen [::]:80;" in text
     assert "server_name cal.example.org;" in text and "ssl" not in text
     assert 'include "/etc/nginx/isidorus/isidorus-cal.example.org.d/*.conf";' in text
-    assert 'alias "/var/lib/isidorus/acme-challenge/";' in text
+    assert 'alias "/var/lib/isidorus-acme-challenge/";' in text
 
 
 def test_a_site_with_tls_redirects_http_but_not_acme_challenges():
