@@ -127,10 +127,28 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "services_tls",
         "self-signed",
-        "Certificates of the services' sites: self-signed (until ACME is set up), or none "
-        "(plain http, for a host used only on a local network).",
+        "Certificates of the services' sites: self-signed, acme (from an ACME CA such as "
+        "Let's Encrypt, renewed before they end), or none (plain http, for a host used only "
+        "on a local network).",
     ),
     Setting("tls_dir", "/etc/isidorus/tls", "Where the services' certificates and keys are kept."),
+    Setting(
+        "acme_directory",
+        "https://acme-v02.api.letsencrypt.org/directory",
+        "The ACME CA's directory URL, for services_tls = acme (default: Let's Encrypt's).",
+    ),
+    Setting(
+        "acme_email",
+        "",
+        "The email address of the host's account at the ACME CA; required for services_tls "
+        "= acme.",
+    ),
+    Setting(
+        "acme_ca_bundle",
+        "",
+        "A PEM file of the CA certificates that the ACME CA's own TLS certificate is checked "
+        "against (a private CA); empty: the system's.",
+    ),
     Setting(
         "services_auth_url",
         "http://127.0.0.1:8080/auth/check",
