@@ -20,6 +20,7 @@ from isidorus.services.errors import ServiceError
 from isidorus.services.installed import Installed
 from isidorus.services.manifest import Manifest
 from isidorus.state.db import Database
+from isidorus.system.acme import Acme
 from isidorus.system.nginx import Nginx
 from isidorus.system.processes import process_manager
 
@@ -48,16 +49,40 @@ def machinery(conf: Mapping[str, Any], host_domain: str) -> lifecycle.Machinery:
         addresses=tuple(str(conf["nginx_listen"]).split()),
     )
     tls = str(conf["services_tls"])
-    if tls not in ("self-signed", "none"):
-        raise UsageError(f"services_tls = {tls!r} is unknown: write self-signed or none")
+    if tls not in ("self-signed", "acme", "none"):
+        raise UsageError(f"services_tls = {tls!r} is unknown: write self-signed, acme or none")
     return lifecycle.Machinery(
         processes=process_manager(conf),
         nginx=nginx,
         data_root=str(conf["service_data_root"]),
         config_root=str(conf["service_config_root"]),
-        tls_dir=str(conf["tls_dir"]) if tls == "self-signed" else None,
+        tls_dir=str(conf["tls_dir"]) if tls != "none" else None,
         http_port=int(conf["services_http_port"]),
         https_port=int(conf["services_https_port"]),
+        acme=_acme(conf, nginx.acme_dir) if tls == "acme" else None,
+    )
+
+
+def _acme(conf: Mapping[str, Any], acme_dir: str) -> Acme:
+    email = str(conf["acme_email"]).strip()
+    if not email:
+        raise UsageError(
+            "services_tls = acme needs acme_email: set it (or ISIDORUS_ACME_EMAIL) to the "
+            "address the host's account at the CA is registered with"
+        )
+    if not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", email):
+        raise UsageError(f"acme_email {email!r} is not an email address: write name@domain")
+    directory = str(conf["acme_directory"])
+    if not directory.startswith("https://"):
+        raise UsageError(
+            f"acme_directory {directory!r} is not an ACME directory URL: write https://…"
+        )
+    return Acme(
+        str(conf["tls_dir"]),
+        acme_dir,
+        email,
+        directory=directory,
+        ca_bundle=str(conf["acme_ca_bundle"]) or None,
     )
 
 

@@ -27,6 +27,7 @@ from isidorus.services.health import port_is_free, wait_healthy
 from isidorus.services.manifest import Manifest
 from isidorus.services.render import Placement, command, environment, render_config
 from isidorus.system import packages, users
+from isidorus.system.acme import RETRY, Acme
 from isidorus.system.errors import HostError
 from isidorus.system.nginx import Nginx, Site
 from isidorus.system.processes import ProcessManager, ProcessSpec
@@ -46,6 +47,7 @@ class Machinery:
     tls_dir: str | None  # certificates; None: sites over plain http (local use, tests)
     http_port: int = 80
     https_port: int = 443
+    acme: Acme | None = None  # services_tls = acme: certificates from the CA, see certify()
 
 
 @dataclass
@@ -111,7 +113,11 @@ def site(
     machinery: Machinery, manifest: Manifest, where: Placement, allow: tuple[str, ...]
 ) -> Site:
     tls = None
-    if machinery.tls_dir is not None:
+    if machinery.acme is not None:
+        # what the domain has now, the CA's or a self-signed stand-in: the CA is asked
+        # only once the site is up (certify), never when a site is merely published again
+        tls = machinery.acme.current(where.domain)
+    elif machinery.tls_dir is not None:
         tls = self_signed(where.domain, machinery.tls_dir)
     return Site(
         service=manifest.id,
@@ -234,7 +240,29 @@ def install(
         )
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise ServiceError(f"installing {manifest.id} failed while {step}: {why}{left}") from None
+    certify(machinery, manifest, where, allow, say)
     return added
+
+
+def certify(
+    machinery: Machinery, manifest: Manifest, where: Placement, allow: tuple[str, ...], say: Say
+) -> bool:
+    """With ACME, get the domain's certificate from the CA and publish the site again with
+    it. The site must be up already: the CA checks the domain over http, and nginx needed a
+    certificate (self-signed) to start its https server. A failure never fails the install:
+    the site keeps its self-signed certificate and `say` gets one warning line with the
+    cause and the command that retries. Whether the site now has the CA's certificate."""
+    if machinery.acme is None:
+        return False
+    say(f"asking {machinery.acme.directory} for a certificate for {where.domain}")
+    try:
+        machinery.acme.issue(where.domain)
+        machinery.nginx.publish(site(machinery, manifest, where, allow))
+    except HostError as exc:
+        retry = "" if RETRY in str(exc) else f"; retry with {RETRY}"
+        say(f"warning: {where.domain} keeps its self-signed certificate: {exc}{retry}")
+        return False
+    return True
 
 
 def _rmtree(path: str) -> None:
