@@ -31,17 +31,11 @@ import re
 import ssl
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import requests
-from acme import challenges, client, crypto_util, messages
-from acme import errors as acme_errors
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from josepy.jwa import ES256
-from josepy.jwk import JWK, JWKEC
-from requests.adapters import HTTPAdapter
 
 from isidorus import __version__
 from isidorus.system.errors import HostError
@@ -54,6 +48,14 @@ from isidorus.system.tls import (
     read_certificate,
     self_signed,
 )
+
+if TYPE_CHECKING:
+    from acme import client, messages
+    from josepy.jwk import JWK
+    from requests.adapters import HTTPAdapter
+
+# the library (with requests and josepy) loads when a certificate is ordered, not with every
+# service command that only reads certificates
 
 LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
 RENEW_DAYS = 30
@@ -185,6 +187,8 @@ class Acme:
 
     def _order(self, domain: str) -> tuple[bytes, bytes]:
         """A new key and the full chain of its certificate, in PEM."""
+        from acme import crypto_util, messages
+
         acme, account_key = self._client()
         key = ec.generate_private_key(ec.SECP256R1())
         pem_key = _key_pem(key)
@@ -211,6 +215,8 @@ class Acme:
     ) -> str:
         """Put the proof of an http-01 challenge where nginx serves it, and tell the CA to
         fetch it; returns the token (the proof's file name)."""
+        from acme import challenges
+
         for chall in authz.body.challenges:
             http01 = chall.chall
             if isinstance(http01, challenges.HTTP01):
@@ -227,6 +233,11 @@ class Acme:
     def _client(self) -> tuple[client.ClientV2, JWK]:
         """A client signed in to the CA with the account of this directory URL (registered
         on first use: registering again with the same key finds the account)."""
+        from acme import client, messages
+        from acme import errors as acme_errors
+        from josepy.jwa import ES256
+        from josepy.jwk import JWKEC
+
         account_key = JWKEC(key=self._account_key())
         net = client.ClientNetwork(
             account_key,
@@ -240,7 +251,7 @@ class Acme:
                     f"acme_ca_bundle {self.ca_bundle} cannot be read: name a PEM file of the "
                     "CA's root certificates, or leave it empty for the system's"
                 )
-            net.session.mount("https://", _Trusting(self.ca_bundle))
+            net.session.mount("https://", _trusting(self.ca_bundle))
         acme = client.ClientV2(client.ClientV2.get_directory(self.directory, net), net)
         registration = messages.NewRegistration.from_data(
             email=self.email or None, terms_of_service_agreed=True
@@ -284,6 +295,10 @@ class Acme:
 
     def _explain(self, domain: str, exc: BaseException) -> str:
         """The failure in one line: what went wrong, and what to do."""
+        import requests
+        from acme import errors as acme_errors
+        from acme import messages
+
         head = f"no certificate for {domain} from {self.directory}"
         if isinstance(exc, acme_errors.ValidationError):
             why = [
@@ -376,32 +391,34 @@ def _valid(tls_dir: str, domain: str) -> Certificate | None:
     return cert if domain in san.get_values_for_type(x509.DNSName) else None
 
 
-class _Trusting(HTTPAdapter):
-    """Checks the CA's TLS certificate against a bundle of the operator's (a private CA's,
-    like pebble's test CA) instead of the system's CAs, for this client only: it wins over
-    REQUESTS_CA_BUNDLE and CURL_CA_BUNDLE, which requests reads from the environment."""
+def _trusting(bundle: str) -> HTTPAdapter:
+    """A transport that checks the CA's TLS certificate against a bundle of the operator's
+    (a private CA's, like pebble's test CA) instead of the system's CAs, for this client
+    only: it wins over REQUESTS_CA_BUNDLE and CURL_CA_BUNDLE, which requests reads from the
+    environment."""
+    import requests
+    from requests.adapters import HTTPAdapter
 
-    def __init__(self, bundle: str) -> None:
-        super().__init__()
-        self.bundle = bundle
+    class Trusting(HTTPAdapter):
+        def send(
+            self,
+            request: requests.PreparedRequest,
+            stream: bool = False,
+            timeout: None | float | tuple[float, float] | tuple[float, None] = None,
+            verify: bool | str = True,
+            cert: None | bytes | str | tuple[bytes | str, bytes | str] = None,
+            proxies: Mapping[str, str] | None = None,
+        ) -> requests.Response:
+            return super().send(
+                request,
+                stream=stream,
+                timeout=timeout,
+                verify=bundle if verify is not False else False,
+                cert=cert,
+                proxies=proxies,
+            )
 
-    def send(
-        self,
-        request: requests.PreparedRequest,
-        stream: bool = False,
-        timeout: None | float | tuple[float, float] | tuple[float, None] = None,
-        verify: bool | str = True,
-        cert: None | bytes | str | tuple[bytes | str, bytes | str] = None,
-        proxies: Mapping[str, str] | None = None,
-    ) -> requests.Response:
-        return super().send(
-            request,
-            stream=stream,
-            timeout=timeout,
-            verify=self.bundle if verify is not False else False,
-            cert=cert,
-            proxies=proxies,
-        )
+    return Trusting()
 
 
 def _one_line(text: str) -> str:
