@@ -20,7 +20,7 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 from isidorus.system.errors import HostError, HostTimeout
 from isidorus.system.run import last_line, run
@@ -103,6 +103,65 @@ def apt_remove(names: Sequence[str]) -> None:
         _remove_locked(names)
 
 
+def debian_versions(names: Sequence[str]) -> dict[str, str]:
+    """The installed version of each of these Debian packages; absent ones are left out."""
+    names = _checked(names)
+    if not names:
+        return {}
+    fmt = "-f=${Package}\t${Version}\t${db:Status-Status}\n"
+    wanted, found = set(names), {}
+    for line in run(["dpkg-query", "-W", fmt], what="dpkg-query").stdout.splitlines():
+        name, version, state = (line.split("\t") + ["", ""])[:3]
+        if name in wanted and state == "installed":
+            found[name] = version
+    return found
+
+
+def apt_upgrade(names: Sequence[str]) -> dict[str, str]:
+    """Upgrade these installed Debian packages to apt's candidates (`apt-get install
+    --only-upgrade`, daemons held back, lists refreshed when older than a day); returns the
+    previous version of each package that changed, for `apt_downgrade`. Same lock and
+    errors as apt_install."""
+    names = _checked(names)
+    if not names:
+        return {}
+    with _apt_lock():
+        _recover_policy()
+        before = debian_versions(names)
+        if not before:
+            return {}
+        if _lists_stale():
+            _update_once()
+        with _daemons_held():
+            _apt_get(["install", "-y", "--only-upgrade", "--no-install-recommends"]
+                     + [*DPKG_OPTIONS, *before])  # fmt: skip
+        after = debian_versions(names)
+    return {n: v for n, v in before.items() if after.get(n) != v}
+
+
+def apt_downgrade(versions: Mapping[str, str]) -> None:
+    """Put these Debian packages back at these versions (`apt-get install NAME=VERSION
+    --allow-downgrades`). HostError, before changing anything, when apt no longer offers
+    one of them (its mirror dropped it), naming the package and version."""
+    if not versions:
+        return
+    _checked(list(versions))
+    with _apt_lock():
+        _recover_policy()
+        for name, version in versions.items():
+            table = run(["apt-cache", "madison", name], env=APT_ENV, what="apt-cache").stdout
+            offered = {ln.split("|")[1].strip() for ln in table.splitlines() if ln.count("|") >= 2}
+            if version not in offered:
+                raise HostError(
+                    f"apt no longer offers {name} {version}, so it cannot be put back: "
+                    "install that version's .deb by hand if it is still needed"
+                )
+        pinned = [f"{n}={v}" for n, v in versions.items()]
+        with _daemons_held():
+            _apt_get(["install", "-y", "--allow-downgrades", "--no-install-recommends",
+                      *DPKG_OPTIONS, *pinned])  # fmt: skip
+
+
 def venv_install(venv: str, requirements: Sequence[str], python: str = "/usr/bin/python3") -> None:
     """Make the venv if it has no pip yet (`python -m venv`), then pip-install the pinned
     requirements into it. HostError names the package and pip's last line; a venv this
@@ -127,6 +186,33 @@ def venv_install(venv: str, requirements: Sequence[str], python: str = "/usr/bin
             shutil.rmtree(venv, ignore_errors=True)
         reason = last_line(result)
         raise HostError(f"pip could not install {_culprit(requirements, reason)}: {reason}")
+
+
+def venv_retarget(venv: str, final: str) -> None:
+    """Make a venv built at `venv` ready to be renamed to `final`: pip writes the venv's
+    absolute path into its scripts' first lines (and venv into the activate scripts and
+    pyvenv.cfg), which would otherwise name a directory that is gone. Call it just before
+    the rename; files that do not name `venv` are left as they are."""
+    here = re.escape(os.fsencode(venv.rstrip("/")))
+    there = os.fsencode(final.rstrip("/"))
+    # the path itself, not a longer name that starts with it (env.new2)
+    pattern = re.compile(here + rb"(?=[/\"'\s]|$)", re.MULTILINE)
+    names = [
+        e.path for e in os.scandir(os.path.join(venv, "bin")) if e.is_file(follow_symlinks=False)
+    ]
+    for path in [*names, os.path.join(venv, "pyvenv.cfg")]:
+        with open(path, "rb") as f:
+            data = f.read(2)
+            if data != b"#!" and not os.path.basename(path).startswith(("activate", "pyvenv")):
+                continue  # a program, not a script
+            data += f.read()
+        fixed = pattern.sub(lambda _m: there, data)
+        if fixed != data:
+            tmp = path + ".isidorus-tmp"
+            with open(tmp, "wb") as f:
+                f.write(fixed)
+            shutil.copymode(path, tmp)
+            os.replace(tmp, path)
 
 
 def npm_install(prefix: str, packages: Sequence[str]) -> None:
