@@ -12,6 +12,7 @@ import click
 from isidorus import settings
 from isidorus.cli.output import print_json, warn
 from isidorus.ops import accounts
+from isidorus.ops import certificates as certs
 from isidorus.ops import services as ops
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -174,3 +175,35 @@ def service_restart(db: Any, data_dir: str, service_id: str) -> int:
         return 1
     click.echo(f"{service_id} restarted and healthy")
     return 0
+
+
+@service.command("certificates")
+@click.option("--renew", is_flag=True, help="First renew those that are due, and reload nginx.")
+@click.option(
+    "--days",
+    default=30,
+    show_default=True,
+    type=click.IntRange(1, 365),
+    help="With --renew: renew a certificate from the ACME CA that ends within N days.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@with_host
+def service_certificates(db: Any, data_dir: str, renew: bool, days: int, as_json: bool) -> int:
+    """List the certificate of each domain the services are on: its issuer and end."""
+    if renew:
+        found = certs.renew(db, data_dir, _actor(), _say, days)
+    else:
+        found = certs.certificates(db, data_dir)
+    if as_json:
+        print_json([c.to_json() for c in found])
+    else:
+        for c in found:
+            ends = f"{c.not_after:%Y-%m-%d} ({c.days_left()} days)" if c.not_after else "-"
+            done = "  renewed" if c.renewed else ""
+            click.echo(f"{c.domain:32} {c.issuer:11} {ends:20} {', '.join(c.services)}{done}")
+        if not found:
+            click.echo("no service is published with a certificate", err=True)
+    for c in found:
+        if c.problem:
+            warn(c.problem)
+    return 1 if any(c.problem for c in found) else 0
