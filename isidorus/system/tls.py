@@ -2,7 +2,7 @@
 
 certificate   a PEM certificate and its private key, for one domain: DIR/<domain>.crt
               (mode 0644) and DIR/<domain>.key (0600)
-issuer        what makes one: `SelfSigned` now; an ACME issuer later. Every issuer writes the
+issuer        what makes one: `SelfSigned`, or `acme.Acme` (a CA's). Every issuer writes the
               same two files, so nginx's configuration names the same paths whoever issued
               the certificate, and a renewal or a change of issuer needs a reload, not a new
               configuration.
