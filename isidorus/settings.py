@@ -176,6 +176,18 @@ SETTINGS: tuple[Setting, ...] = (
         "Where services' supervisord programs are written; supervisor_config must include it.",
     ),
     Setting(
+        "backup_store",
+        "/var/backups/isidorus/store",
+        "The host's own store (a directory), where `service backup` and `service upgrade` "
+        "keep each service's snapshots; made at first use.",
+    ),
+    Setting(
+        "backup_passphrase_file",
+        "/etc/isidorus/backup.passphrase",
+        "The file holding the passphrase of backup_store (root's, mode 0600); keep a copy "
+        "away from this host.",
+    ),
+    Setting(
         "service_log_dir",
         "/var/log/isidorus",
         "Where supervisord writes each service's output (NAME.log); systemd uses its journal.",

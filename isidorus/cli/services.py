@@ -10,10 +10,13 @@ from typing import Any, TypeVar
 import click
 
 from isidorus import settings
-from isidorus.cli.output import print_json, warn
+from isidorus.cli.output import human_bytes, print_json, warn
+from isidorus.errors import UsageError
 from isidorus.ops import accounts
 from isidorus.ops import certificates as certs
+from isidorus.ops import service_backups as backups
 from isidorus.ops import services as ops
+from isidorus.services.errors import ServiceError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -44,7 +47,7 @@ def _say(message: str) -> None:
 
 @click.group()
 def service() -> None:
-    """Libre services: the catalog, install, removal, who may use each."""
+    """Libre services: the catalog, install, upgrade, backup, removal, who may use each."""
 
 
 @service.command("catalog")
@@ -207,3 +210,73 @@ def service_certificates(db: Any, data_dir: str, renew: bool, days: int, as_json
         if c.problem:
             warn(c.problem)
     return 1 if any(c.problem for c in found) else 0
+
+
+@service.command("backup")
+@click.argument("service_id", metavar="ID")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@with_host
+def service_backup(db: Any, data_dir: str, service_id: str, as_json: bool) -> None:
+    """Snapshot the data and databases of the service ID into the host's store."""
+    done = backups.backup_service(db, data_dir, service_id, _actor(), _say)
+    if as_json:
+        print_json(done.to_json())
+        return
+    r = done.result
+    click.echo(
+        f"{service_id} {done.version}: snapshot {r.snapshot.short_id} ({r.files} files, "
+        f"{human_bytes(r.bytes_total)}, {human_bytes(r.bytes_new)} new)"
+    )
+
+
+@service.command("restore")
+@click.argument("service_id", metavar="ID")
+@click.argument("snapshot")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@with_host
+def service_restore(db: Any, data_dir: str, service_id: str, snapshot: str, as_json: bool) -> int:
+    """Put the service ID back as it was in SNAPSHOT (an id, a prefix, or latest)."""
+    done = backups.restore_service(db, data_dir, service_id, snapshot, _actor(), _say)
+    if as_json:
+        print_json(done.to_json())
+    if done.problem:
+        warn(f"{service_id} was restored but is not healthy: {done.problem}")
+        return 1
+    if not as_json:
+        click.echo(f"{service_id} restored from {done.snapshot.short_id}, and healthy")
+    return 0
+
+
+@service.command("upgrade")
+@click.argument("service_id", metavar="ID", required=False)
+@click.option("--all", "every", is_flag=True, help="Upgrade every service the catalog has anew.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@with_host
+def service_upgrade(
+    db: Any, data_dir: str, service_id: str | None, every: bool, as_json: bool
+) -> int:
+    """Upgrade the service ID (or --all) to the catalog's version, backed up first."""
+    if every == (service_id is not None):
+        raise UsageError("name one service to upgrade, or give --all")
+    ids = ops.upgradable(db) if every else [service_id or ""]
+    done, failed = [], 0
+    for sid in ids:
+        try:
+            result = ops.upgrade(db, data_dir, sid, _actor(), _say)
+        except ServiceError as exc:
+            if not every:
+                raise
+            warn(str(exc))
+            failed += 1
+            continue
+        done.append(result)
+        if not as_json:
+            if result.upgraded:
+                click.echo(f"{sid} upgraded from {result.old_version} to {result.version}")
+            else:
+                click.echo(f"{sid} is already at {result.version}")
+    if as_json:
+        print_json([r.to_json() for r in done] if every else done[0].to_json())
+    elif every and not ids:
+        click.echo("every installed service is at its catalog's version")
+    return 1 if failed else 0

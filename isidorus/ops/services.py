@@ -12,10 +12,12 @@ from typing import Any
 
 from isidorus import settings
 from isidorus.errors import UsageError
+from isidorus.ops import service_backups
 from isidorus.ops.accounts import audit
 from isidorus.ops.database import read_config
 from isidorus.services import catalog as catalog_
 from isidorus.services import health, installed, lifecycle
+from isidorus.services import upgrade as upgrade_
 from isidorus.services.errors import ServiceError
 from isidorus.services.installed import Installed
 from isidorus.services.manifest import Manifest
@@ -258,3 +260,81 @@ def restart(db: Database, data_dir: str, service: str, actor: str) -> str:
         lambda: tools.processes.state(name) in ("running", "starting"),
     )
     return problem or ""
+
+
+@dataclass(frozen=True)
+class UpgradeResult:
+    service: str
+    old_version: str
+    version: str  # now running
+    snapshot: str  # the backup taken first; "" when there was nothing to upgrade
+
+    @property
+    def upgraded(self) -> bool:
+        return self.version != self.old_version
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.service,
+            "upgraded": self.upgraded,
+            "old_version": self.old_version,
+            "version": self.version,
+            "snapshot": self.snapshot or None,
+        }
+
+
+def upgrade(db: Database, data_dir: str, service: str, actor: str, say: Say) -> UpgradeResult:
+    """Upgrade the service to its catalog manifest's version, when that differs from the
+    installed one: a service backup first, then the new software, configuration and
+    process, a restart and the health check. On failure the old version is put back with
+    its data (from that backup, once the new software may have touched it), and
+    ServiceError says what failed and where the service stands."""
+    conf = settings.load()
+    with db.read() as conn:
+        found = service_backups.ready(conn, service)
+    entry = catalog_.get(service, str(conf["services_dir"]))
+    new = entry.manifest
+    if new.version == found.version:
+        return UpgradeResult(service, found.version, found.version, "")
+    tools = machinery(conf, str(read_config(data_dir).get("domain", "localhost")))
+    was = lifecycle.placement(tools, found.manifest, found.domain, found.path)
+    where = lifecycle.placement(tools, new, found.domain, found.path)
+    with service_backups.changing(service):
+        ref = service_backups.store_ref(conf, create=True)
+        say(f"backing up {service} {found.version} first")
+        first = service_backups.take_backup(ref, tools, found, say).result.snapshot
+        with db.write() as conn:
+            what = f"{found.version} {new.version} {first.id}"
+            audit(conn, actor, "service.upgrade.start", service, what)
+
+        def restore_data() -> str:
+            return service_backups.restore_data(ref, found.manifest, was, first.id, say)
+
+        try:
+            added = upgrade_.upgrade(
+                tools,
+                found.manifest,
+                new,
+                entry.directory,
+                (was, where),
+                found.allow,
+                restore_data,
+                say,
+            )
+        except ServiceError:
+            with db.write() as conn:
+                audit(conn, actor, "service.upgrade.failed", service, new.version)
+            raise
+        with db.write() as conn:
+            installed.upgraded(conn, service, new, tuple(added))
+            audit(conn, actor, "service.upgrade", service, f"{found.version} {new.version}")
+    return UpgradeResult(service, found.version, new.version, first.id)
+
+
+def upgradable(db: Database) -> list[str]:
+    """The installed services whose catalog manifest has another version."""
+    own = str(settings.load()["services_dir"])
+    known = catalog_.entries(own)
+    with db.read() as conn:
+        found = installed.all_installed(conn)
+    return [s.id for s in found if s.id in known and known[s.id].manifest.version != s.version]

@@ -71,6 +71,27 @@ def finish(conn: Connection, service_id: str, added: Added) -> None:
     )
 
 
+def upgraded(
+    conn: Connection, service_id: str, manifest: Manifest, new_packages: tuple[str, ...] = ()
+) -> None:
+    """Record that the service now runs `manifest`'s version; `new_packages` are Debian
+    packages the upgrade added (a purge removes them too)."""
+    row = conn.execute(select(services.c.added).where(services.c.id == service_id)).one()
+    added = Added.from_json(json.loads(row.added or "{}"))
+    added.packages += [p for p in new_packages if p not in added.packages]
+    conn.execute(
+        update(services)
+        .where(services.c.id == service_id)
+        .values(
+            version=manifest.version,
+            port=manifest.run.port,
+            manifest=manifest.model_dump_json(),
+            added=json.dumps(added.to_json()),
+            updated_at=datetime.now(UTC),
+        )
+    )
+
+
 def forget(conn: Connection, service_id: str) -> None:
     conn.execute(delete(services).where(services.c.id == service_id))
 

@@ -155,7 +155,8 @@ class Database(Strict):
     """A database the service keeps, with how to dump it consistently and restore it."""
 
     kind: Literal["sqlite", "postgresql"]
-    name: Text
+    # names its dump file, and the database on the host's PostgreSQL
+    name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]
     path: str | None = None  # for sqlite
 
     @model_validator(mode="after")
