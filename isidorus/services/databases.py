@@ -6,8 +6,8 @@ runs, and loaded back while it is stopped.
   the database file atomically (a rename), owned by the service's user, after removing
   its -wal and -shm files: a journal left from another file would be replayed into it.
 - postgresql: `pg_dump --format=custom` of the database NAME on the host's cluster, run as
-  the `postgres` user, `NAME.pgdump`; loaded back with `pg_restore --clean --if-exists
-  --single-transaction` (all of it, or nothing).
+  the `postgres` user, `NAME.pgdump`; loaded back with `pg_restore --clean --create`: the
+  database is dropped and made again as it was (refused while anything is connected to it).
 """
 
 from __future__ import annotations
@@ -57,9 +57,10 @@ def load_all(databases: list[Database], where: Placement, dump_dir: str, say: Sa
             assert db.path is not None
             _load_sqlite(dump, where.fill(db.path), where.user)
         elif os.path.exists(dump):
+            # the database made anew from the dump: tables a newer version added are gone
+            # too (they would stop that version's migrations at the next upgrade)
             _pg(
-                ["pg_restore", "--clean", "--if-exists", "--single-transaction"]
-                + ["--dbname", db.name],
+                ["pg_restore", "--clean", "--create", "--if-exists", "--dbname", "postgres"],
                 db.name,
                 source=dump,
             )
