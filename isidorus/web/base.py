@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 import time
 import tomllib
 import weakref
@@ -30,11 +31,46 @@ COOKIE = "isidorus_session"
 CSRF_COOKIE = "isidorus_csrf"
 
 
+# browsers drop tabs and newlines from a URL ("/\t/evil.example" is "//evil.example") and
+# read a backslash as a slash
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f\\]")
+
+
 def safe_next(value: str, default: str = "/portal") -> str:
     """Where to go next: a path of this host, never another site."""
-    if not value.startswith("/") or value.startswith("//") or "\\" in value:
+    if not value.startswith("/") or value.startswith("//") or _UNSAFE.search(value):
         return default
     return value
+
+
+def safe_next_url(value: str, domain: str, allow_http: bool, default: str = "/portal") -> str:
+    """Where a login goes next: a path of this host, or an address on the host's `domain`
+    or one of its subdomains (nginx sends visitors of a service here with the address they
+    asked for); `http://` only when `allow_http`. Anything else is `default`: no login
+    sends anyone to another site."""
+    if value.startswith("/"):
+        return safe_next(value, default)
+    return value if own_address(value, domain, allow_http) else default
+
+
+def own_address(value: str, domain: str, allow_http: bool) -> bool:
+    """Whether `value` is an absolute address on `domain` or one of its subdomains."""
+    domain = domain.lower()
+    if not domain or not value.isascii() or _UNSAFE.search(value) or " " in value:
+        return False
+    scheme, sep, _ = value.partition("://")
+    if not sep or scheme.lower() not in (("https", "http") if allow_http else ("https",)):
+        return False
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018  (raises ValueError for a port that is not one)
+    except ValueError:
+        return False
+    # no user@ before the host: "https://example.org@evil.example/" goes to evil.example
+    host = parts.hostname or ""
+    if "@" in parts.netloc or not host:
+        return False
+    return host == domain or host.endswith("." + domain)
 
 
 def here(request: Request) -> str:

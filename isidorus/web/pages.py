@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from typing import Any
+from urllib.parse import urlsplit
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -17,10 +18,17 @@ from isidorus.errors import NotFoundError
 from isidorus.ops import accounts as ops
 from isidorus.ops import oidc
 from isidorus.web import i18n
-from isidorus.web.base import COOKIE, CSRF_COOKIE, Views, content_security_policy, safe_next
+from isidorus.web.base import (
+    COOKIE,
+    CSRF_COOKIE,
+    Views,
+    content_security_policy,
+    safe_next,
+    safe_next_url,
+)
 from isidorus.web.i18n import gettext, message_of
 
-__all__ = ["Pages", "safe_next"]
+__all__ = ["Pages", "safe_next", "safe_next_url"]
 
 PENDING_COOKIE = "isidorus_pending"
 
@@ -56,7 +64,10 @@ class Pages(Views):
     async def login_form(self, request: Request) -> Response:
         csrf = request.cookies.get(CSRF_COOKIE) or os.urandom(16).hex()
         response = self.login_page(
-            request, "login.html", csrf=csrf, next=safe_next(request.query_params.get("next", ""))
+            request,
+            "login.html",
+            csrf=csrf,
+            next=self.next_of(request.query_params.get("next", "")),
         )
         response.set_cookie(
             CSRF_COOKIE, csrf, httponly=True, samesite="strict", secure=self.host.secure_cookies
@@ -69,10 +80,14 @@ class Pages(Views):
         form = await self.form(request, None)
         name = form.get("name", "").strip().lower()
         address = request.client.host if request.client else "?"
-        nxt = safe_next(form.get("next", ""))
+        nxt = self.next_of(form.get("next", ""))
         if ops.login_blocked(self.db, name, address):
             raise Throttled(form["csrf"], nxt)
         return form, name, address, nxt
+
+    def next_of(self, value: str) -> str:
+        """Where the login goes next: a page here, or a service on the host's domain."""
+        return safe_next_url(value, self.host.domain, allow_http=not self.host.secure_cookies)
 
     def throttled(self, request: Request, exc: Throttled) -> Response:
         return self.login_page(
@@ -155,11 +170,16 @@ class Pages(Views):
         """The login form or its second step, on the way to `context["next"]`."""
         response = self.page(request, template, status=status, **context)
         nxt = context["next"]
-        # a login on the way to a service's sign-in ends in a redirection to that service,
-        # which the form's CSP must allow
-        origin = oidc.redirect_origin(self.db, nxt)
-        if origin:
-            response.headers["Content-Security-Policy"] = content_security_policy((origin,))
+        # a login on the way to a service ends in a redirection to it (its sign-in's
+        # redirect URI, or the address nginx sent the visitor from), which the form's CSP
+        # must allow: browsers apply form-action to the redirections after a submission
+        origins = [oidc.redirect_origin(self.db, nxt)]
+        if not nxt.startswith("/"):
+            target = urlsplit(nxt)
+            origins.append(f"{target.scheme.lower()}://{target.netloc.lower()}")
+        allowed = tuple(dict.fromkeys(o for o in origins if o))
+        if allowed:
+            response.headers["Content-Security-Policy"] = content_security_policy(allowed)
         return response
 
     async def logout(self, request: Request) -> Response:
