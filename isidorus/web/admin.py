@@ -1,4 +1,5 @@
-"""The admin area: accounts, groups and the admin role; refused to members (403).
+"""The admin area: accounts, groups and the admin role; refused to members (403). (Its
+Services pages are in services.py.)
 
 Every form posts to its own URL and comes back to the page it was on; a refused change
 (bad input, a name taken, the last admin) shows that page again with the reason.
@@ -17,7 +18,7 @@ from starlette.routing import Route
 from isidorus.accounts.errors import AccountError, InvalidInput
 from isidorus.accounts.sessions import Session
 from isidorus.ops import accounts as ops
-from isidorus.ops import oidc
+from isidorus.ops import oidc, service_access
 from isidorus.web.base import Views
 from isidorus.web.i18n import gettext, message_of
 
@@ -115,6 +116,7 @@ class Admin(Views):
             users=ops.list_users(self.db),
             groups=ops.list_groups(self.db),
             clients=oidc.list_clients(self.db),
+            services=service_access.installed_services(self.db),
         )
 
     async def audit(self, request: Request) -> Response:

@@ -15,13 +15,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from isidorus.errors import IsidorusError
 from isidorus.ops import accounts as ops
+from isidorus.ops import services
 from isidorus.web import i18n
 from isidorus.web.admin import Admin
 from isidorus.web.api import api_error, create_api, is_api
 from isidorus.web.base import COOKIE, HERE, Host, content_security_policy, templates
 from isidorus.web.i18n import gettext
+from isidorus.web.jobs import Jobs
 from isidorus.web.oidc import Oidc
 from isidorus.web.pages import Pages
+from isidorus.web.services import ServicesAdmin
+from isidorus.web.status import ListServices, StatusBoard
 
 __all__ = ["COOKIE", "create_app"]
 
@@ -89,13 +93,17 @@ def app_from_environment() -> Starlette:
     return create_app(os.environ[DATA_DIR_VARIABLE])
 
 
-def create_app(data_dir: str) -> Starlette:
+def create_app(data_dir: str, list_services: ListServices | None = None) -> Starlette:
+    """The app over the host at `data_dir`; `list_services` checks the installed services
+    (default: their process manager and health checks)."""
     host = Host.load(data_dir)
     i18n.catalogs()  # a broken catalog stops the start, not a visitor's page
     db = ops.open_state(data_dir)
+    board = StatusBoard(db, data_dir, list_services or services.list_installed)
     routes: list[BaseRoute] = [
-        *Pages(host, db).routes(),
+        *Pages(host, db, board).routes(),
         *Admin(host, db).routes(),
+        *ServicesAdmin(host, db, board, Jobs(data_dir)).routes(),
         Mount("/api", app=create_api(db)),
         *Oidc(host, db).routes(),
         Mount("/static", StaticFiles(directory=os.path.join(HERE, "static")), name="static"),

@@ -7,6 +7,7 @@ import os
 from typing import Any
 from urllib.parse import urlsplit
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
@@ -17,16 +18,20 @@ from isidorus.accounts.sessions import Session
 from isidorus.errors import NotFoundError
 from isidorus.ops import accounts as ops
 from isidorus.ops import oidc
+from isidorus.ops import service_access as access
+from isidorus.state.db import Database
 from isidorus.web import i18n
 from isidorus.web.base import (
     COOKIE,
     CSRF_COOKIE,
+    Host,
     Views,
     content_security_policy,
     safe_next,
     safe_next_url,
 )
 from isidorus.web.i18n import gettext, message_of
+from isidorus.web.status import Status, StatusBoard
 
 __all__ = ["Pages", "safe_next", "safe_next_url"]
 
@@ -41,6 +46,10 @@ class Throttled(Exception):
 
 
 class Pages(Views):
+    def __init__(self, host: Host, db: Database, board: StatusBoard) -> None:
+        super().__init__(host, db)
+        self.board = board
+
     def routes(self) -> list[Route]:
         return [
             Route("/", self.public),
@@ -59,7 +68,10 @@ class Pages(Views):
         ]
 
     async def public(self, request: Request) -> Response:
-        return self.page(request, "public.html")
+        found = [s for s in access.installed_services(self.db) if s.state == "installed"]
+        statuses = await run_in_threadpool(self.board.cached, found)
+        shown = [(s, statuses.get(s.id, Status("unknown", ""))) for s in found]
+        return self.page(request, "public.html", services=shown)
 
     async def login_form(self, request: Request) -> Response:
         csrf = request.cookies.get(CSRF_COOKIE) or os.urandom(16).hex()
@@ -195,7 +207,15 @@ class Pages(Views):
         session = self.member(request)
         if not isinstance(session, Session):
             return session
-        return self.page(request, "portal.html", session=session)
+        return self.portal_page(request, session)
+
+    def portal_page(
+        self, request: Request, session: Session, status: int = 200, error: str = ""
+    ) -> Response:
+        mine = access.usable_by(session.user, access.installed_services(self.db))
+        return self.page(
+            request, "portal.html", status=status, session=session, error=error, services=mine
+        )
 
     async def password(self, request: Request) -> Response:
         session = self.member(request)
@@ -203,11 +223,10 @@ class Pages(Views):
             return session
         form = await self.form(request, session)
         if form.get("new") != form.get("repeat"):
-            return self.page(
+            return self.portal_page(
                 request,
-                "portal.html",
+                session,
                 status=400,
-                session=session,
                 error=gettext("the two new passwords differ"),
             )
         try:
@@ -215,11 +234,10 @@ class Pages(Views):
                 self.db, session.user.name, form.get("current", ""), form.get("new", "")
             )
         except LoginFailed:
-            return self.page(
+            return self.portal_page(
                 request,
-                "portal.html",
+                session,
                 status=400,
-                session=session,
                 error=gettext("the current password is wrong"),
             )
         response = RedirectResponse("/portal?changed=1", status_code=303)
@@ -240,9 +258,7 @@ class Pages(Views):
                 email=form.get("email", ""),
             )
         except InvalidInput as exc:
-            return self.page(
-                request, "portal.html", status=400, session=session, error=message_of(exc)
-            )
+            return self.portal_page(request, session, status=400, error=message_of(exc))
         return RedirectResponse("/portal?saved=1", status_code=303)
 
     async def totp_setup(self, request: Request, error: str = "", status: int = 200) -> Response:
@@ -299,11 +315,10 @@ class Pages(Views):
                 self.db, session.user.name, session.user.name, form.get("password", "")
             )
         except LoginFailed:
-            return self.page(
+            return self.portal_page(
                 request,
-                "portal.html",
+                session,
                 status=400,
-                session=session,
                 error=gettext("the password is wrong: the second factor stays on"),
             )
         return RedirectResponse("/portal?totp=off", status_code=303)
