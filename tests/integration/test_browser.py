@@ -4,6 +4,7 @@ asks another host for anything, every field has a label, the layout fits a phone
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from collections.abc import Iterator
@@ -14,6 +15,10 @@ import pyotp
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
+from isidorus.ops import accounts as ops
+from isidorus.services import catalog, installed
+from isidorus.services.lifecycle import Added
+from isidorus.system.processes import systemd_is_pid1
 from tests.integration.servers import free_port, stop, wait_for_port
 
 CHROMIUM = "/usr/bin/chromium"
@@ -40,20 +45,31 @@ def browser() -> Iterator[Browser]:
         b.close()
 
 
-@pytest.fixture
-def server(run, tmp_path) -> Iterator[str]:
-    home = tmp_path / "host"
+def make_host(run, home) -> None:
     run("init", "--data-dir", home, "--password-stdin", input=ADMIN_PW + "\n")
     run("user", "add", "alice", "--email", "alice@example.org", "--fullname", "Alice",
         "--password-stdin", "--data-dir", home, input=ALICE_PW + "\n")  # fmt: skip
     run("group", "add", "family", "--data-dir", home)
+
+
+@contextlib.contextmanager
+def serving(run, home, env: dict[str, str] | None = None) -> Iterator[str]:
     port = free_port()
-    web = run.popen("serve", "--data-dir", home, "--listen", f"127.0.0.1:{port}", "--workers", "2")
+    web = run.popen(
+        "serve", "--data-dir", home, "--listen", f"127.0.0.1:{port}", "--workers", "2", env=env
+    )
     try:
         wait_for_port(port, web, "isidorus serve")
         yield f"http://127.0.0.1:{port}"
     finally:
         stop([web])
+
+
+@pytest.fixture
+def server(run, tmp_path) -> Iterator[str]:
+    make_host(run, tmp_path / "host")
+    with serving(run, tmp_path / "host") as base:
+        yield base
 
 
 class Visit:
@@ -229,3 +245,60 @@ def test_keyboard_and_a_phone_screen(browser, server):
         phone.check()
     finally:
         phone.close()
+
+
+def test_the_services_in_the_admin_area_and_the_portal(browser, run, tmp_path):
+    """An installed service (recorded as an install leaves it; no process runs it): the
+    admin's Services pages and a member's tile, each asking nothing of another host."""
+    home = tmp_path / "host"
+    make_host(run, home)
+    run("group", "add-member", "family", "alice", "--data-dir", home)
+    run("group", "add", "friends", "--data-dir", home)
+    db = ops.open_state(str(home))
+    manifest = catalog.get("radicale").manifest
+    with db.write() as conn:
+        installed.begin(conn, manifest, "radicale.example.org", "/")
+        installed.finish(conn, manifest.id, Added())
+        installed.set_allowed(conn, manifest.id, ("family",))
+    db.close()
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "isidorus-radicale.log").write_text("started <on> port 5232\n")
+    env = {
+        # no supervisord answers: the pages say "unknown" rather than wait or fail
+        "ISIDORUS_SUPERVISOR_CONFIG": str(tmp_path / "no-supervisord.conf"),
+        "ISIDORUS_SERVICE_LOG_DIR": str(logs),
+    }
+    with serving(run, home, env) as base:
+        admin = Visit(browser, base)
+        try:
+            admin.login("admin", ADMIN_PW)
+            page = admin.page
+            page.get_by_role("link", name="Admin", exact=True).click()
+            page.locator("nav.sub").get_by_role("link", name="Services").click()
+            expect(page.get_by_role("heading", level=1)).to_have_text("Services")
+            expect(page.get_by_role("link", name="Install Whoogle")).to_be_visible()
+            admin.check()
+            page.get_by_role("link", name="Radicale", exact=True).click()
+            expect(page.get_by_role("button", name="Deny family")).to_be_visible()
+            expect(page.get_by_label("Allow a group")).to_be_visible()
+            admin.check()
+            page.get_by_role("link", name="Its last lines of output").click()
+            if not systemd_is_pid1():  # else the journal has the lines
+                expect(page.locator("pre")).to_have_text("started <on> port 5232")
+            admin.check()
+            for path in ("/admin/services/radicale/remove", "/admin/services/whoogle/install"):
+                admin.go(path)
+                admin.check()
+        finally:
+            admin.close()
+        alice = Visit(browser, base)
+        try:
+            alice.login("alice", ALICE_PW)
+            tile = alice.page.get_by_role("link", name=re.compile("^Radicale"))
+            expect(tile).to_have_attribute("href", "https://radicale.example.org/")
+            alice.go("/")
+            expect(alice.page.get_by_text("Replaces: Google Calendar")).to_be_visible()
+            alice.check()
+        finally:
+            alice.close()
