@@ -140,8 +140,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "acme_email",
         "",
-        "The email address of the host's account at the ACME CA; required for services_tls "
-        "= acme.",
+        "The email address of the host's account at the ACME CA; required for services_tls = acme.",
     ),
     Setting(
         "acme_ca_bundle",

@@ -23,6 +23,7 @@ from isidorus.services.installed import Installed
 from isidorus.services.manifest import Manifest
 from isidorus.state.db import Database
 from isidorus.system.acme import Acme
+from isidorus.system.errors import HostError
 from isidorus.system.nginx import Nginx
 from isidorus.system.processes import process_manager
 
@@ -116,12 +117,22 @@ def install(
     _check_place(domain, options.path)
     with db.write() as conn:
         installed.group_ids(conn, options.allow)  # a wrong group stops it before anything
-        installed.begin(conn, manifest, domain, options.path)
+        tls = str(conf["services_tls"]) != "none"
+        port = int(conf["services_https_port" if tls else "services_http_port"])
+        url = installed.site_url(domain, options.path, tls=tls, port=port)
+        installed.begin(conn, manifest, domain, options.path, url)
         audit(conn, actor, "service.install.start", manifest.id, domain + options.path)
     tools = machinery(conf, host_domain)
     where = lifecycle.placement(tools, manifest, domain, options.path)
     try:
-        added = lifecycle.install(tools, manifest, entry.directory, where, options.allow, say)
+
+        def record(so_far: lifecycle.Added) -> None:
+            with db.write() as conn:
+                installed.record_added(conn, manifest.id, so_far)
+
+        added = lifecycle.install(
+            tools, manifest, entry.directory, where, options.allow, say, record
+        )
     except BaseException:
         with db.write() as conn:
             installed.forget(conn, manifest.id)
@@ -164,7 +175,12 @@ def list_installed(db: Database, data_dir: str) -> list[ServiceStatus]:
     tools = machinery(settings.load(), str(read_config(data_dir).get("domain", "localhost")))
     out = []
     for s in found:
-        process = tools.processes.state(lifecycle.process_name(s.id))
+        try:
+            process = tools.processes.state(lifecycle.process_name(s.id))
+        except HostError as exc:
+            # one service the process manager cannot tell about does not hide the others
+            out.append(ServiceStatus(s, "unknown", str(exc)))
+            continue
         problem = (
             health.check(s.manifest.health, s.port, timeout=2) if process == "running" else process
         )

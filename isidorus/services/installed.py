@@ -26,13 +26,20 @@ class Installed:
     added: Added
     allow: tuple[str, ...]  # group names
     installed_at: datetime
-
-    @property
-    def url(self) -> str:
-        return f"https://{self.domain}{self.path if self.path != '/' else '/'}"
+    url: str  # where members reach it, as published (scheme and port included)
 
 
-def begin(conn: Connection, manifest: Manifest, domain: str, path: str) -> None:
+def site_url(domain: str, path: str, *, tls: bool = True, port: int | None = None) -> str:
+    """The address members use: https (http without TLS), the port when not the usual."""
+    scheme = "https" if tls else "http"
+    usual = 443 if tls else 80
+    where = domain if port in (None, usual) else f"{domain}:{port}"
+    return f"{scheme}://{where}{path if path.endswith('/') else path + '/'}"
+
+
+def begin(
+    conn: Connection, manifest: Manifest, domain: str, path: str, url: str | None = None
+) -> None:
     """Record an install as started; refuses a service already there (installed, or an
     install running or interrupted)."""
     row = conn.execute(select(services.c.state).where(services.c.id == manifest.id)).first()
@@ -53,6 +60,7 @@ def begin(conn: Connection, manifest: Manifest, domain: str, path: str) -> None:
             version=manifest.version,
             domain=domain,
             path=path,
+            url=url or site_url(domain, path),
             port=manifest.run.port,
             state="installing",
             manifest=manifest.model_dump_json(),
@@ -89,6 +97,15 @@ def upgraded(
             added=json.dumps(added.to_json()),
             updated_at=datetime.now(UTC),
         )
+    )
+
+
+def record_added(conn: Connection, service_id: str, added: Added) -> None:
+    """What an install running now has added so far (see lifecycle.install)."""
+    conn.execute(
+        update(services)
+        .where(services.c.id == service_id)
+        .values(added=json.dumps(added.to_json()), updated_at=datetime.now(UTC))
     )
 
 
@@ -134,6 +151,7 @@ def _from_row(conn: Connection, row: object) -> Installed:
         domain=r["domain"],
         path=r["path"],
         port=r["port"],
+        url=r["url"] or site_url(r["domain"], r["path"]),
         state=r["state"],
         manifest=Manifest.model_validate_json(r["manifest"]),
         added=Added.from_json(json.loads(r["added"] or "{}")),

@@ -149,9 +149,13 @@ def install(
     where: Placement,
     allow: tuple[str, ...],
     say: Say,
+    record: Callable[[Added], None] | None = None,
 ) -> Added:
     """Install, start and publish the service; on any failure, undo everything and raise
-    ServiceError naming the step."""
+    ServiceError naming the step. `record` is told what the install has added so far,
+    after each step that adds something, so that a purge can take it away even when this
+    process is killed midway."""
+    note = record or (lambda _added: None)
     if manifest.run.unit is not None and machinery.processes.kind != "systemd":
         raise ServiceError(
             f"{manifest.id} runs as the unit {manifest.run.unit} of its Debian package, which "
@@ -171,6 +175,7 @@ def install(
         if debian:
             say(f"installing {', '.join(debian)}")
             added.packages = packages.apt_install(debian)
+            note(added)
             if added.packages:
                 new = list(added.packages)
                 journal.did(f"packages {', '.join(new)}", lambda: packages.apt_remove(new))
@@ -178,6 +183,7 @@ def install(
         step = "creating the system user"
         if users.ensure_system_user(where.user, where.data_dir):
             added.user = where.user
+            note(added)
             journal.did(f"user {where.user}", lambda: users.remove_system_user(where.user))
 
         step = "creating directories"
@@ -187,6 +193,7 @@ def install(
         ):
             if users.make_directory(d, owner, mode):
                 added.directories.append(d)
+                note(added)
                 journal.did(f"directory {d}", functools.partial(_rmtree, d))
 
         if manifest.source.pypi:

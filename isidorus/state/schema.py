@@ -175,6 +175,7 @@ services = Table(
     Column("version", String(64), nullable=False),
     Column("domain", String(253), nullable=False),
     Column("path", String(200), nullable=False, default="/"),
+    Column("url", String(600), nullable=False, default=""),  # where members reach it
     Column("port", Integer, nullable=False),
     Column("state", String(16), nullable=False),  # installing | installed | removing
     Column("manifest", Text, nullable=False),  # the manifest as installed (JSON)

@@ -11,6 +11,7 @@ import re
 import shlex
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,7 +161,8 @@ def test_two_services_installed_at_once_reached_through_nginx_then_removed(stack
     found = listed(stack)
     assert set(found) == {"radicale", "copyparty"}
     assert found["radicale"]["health"] == "ok" and found["radicale"]["allow"] == ["family"]
-    assert found["radicale"]["url"] == f"https://radicale.{DOMAIN}/"
+    # no TLS in these tests, and the test nginx's own port: the address says both
+    assert found["radicale"]["url"] == f"http://radicale.{DOMAIN}:{stack.nginx.http_port}/"
     assert found["radicale"]["replaces"][0] == "Google Calendar"
 
     cal = f"radicale.{DOMAIN}"
@@ -264,4 +266,57 @@ def test_bad_requests_are_refused_in_one_line(stack):
     ):
         r = stack.isidorus("service", *args, check=False)
         assert_one_line_error(r, *words)
+    assert listed(stack) == {}
+
+
+SLOW = """
+id = "slowsvc"
+name = "Slow"
+description = "A service that never gets healthy: its install is killed midway."
+replaces = ["Nothing"]
+version = "1.0"
+homepage = "https://example.org/"
+license = "MIT"
+
+[source]
+debian = ["{package}"]
+
+[run]
+user = "isislow"
+command = "/bin/sleep 1000"
+port = {port}
+
+[sso]
+kind = "none"
+
+[health]
+tcp = true
+timeout = 120
+"""
+
+
+def test_an_install_killed_midway_is_purged_by_remove(stack):
+    package = _absent_package()
+    (stack.services_dir / "slowsvc.toml").write_text(SLOW.format(package=package, port=free_port()))
+    p = stack.run.popen(
+        "service", "install", "slowsvc", "--data-dir", stack.data_dir, env=stack.env
+    )
+    conf = Path(stack.env["ISIDORUS_SUPERVISOR_CONF_DIR"])
+    deadline = time.monotonic() + 300
+    while not list(conf.glob("*slowsvc*")):  # it waits for health now
+        assert p.poll() is None and time.monotonic() < deadline, "the install did not get far"
+        time.sleep(0.2)
+    p.kill()
+    p.wait(60)
+    assert listed(stack)["slowsvc"]["state"] == "installing"
+    r = stack.isidorus("service", "install", "slowsvc", check=False)
+    assert_one_line_error(r, "interrupted", "remove slowsvc --purge")
+
+    stack.isidorus("service", "remove", "slowsvc", "--purge")
+    assert subprocess.run(["dpkg", "-s", package], capture_output=True).returncode != 0
+    with pytest.raises(KeyError):
+        pwd.getpwnam("isislow")
+    assert not (stack.root / "data" / "slowsvc").exists()
+    assert not list(conf.glob("*slowsvc*"))
+    assert subprocess.run(["pgrep", "-f", "/bin/sleep 1000"], capture_output=True).returncode
     assert listed(stack) == {}
