@@ -122,7 +122,8 @@ def test_a_certificate_from_the_ca_after_a_self_signed_one(stack, ca):
         f"from {closed}: the CA cannot be reached (Connection refused): check acme_directory "
         f"and this host's connection, then retry with {RETRY}"
     ]
-    assert r.out.startswith(f"hello 1.0 installed at https://{DOMAIN}/")
+    # the address as published: https, on the test nginx's own port
+    assert r.out.startswith(f"hello 1.0 installed at https://{DOMAIN}:"), r.out
     _, found = certificates(stack)
     assert [(c["domain"], c["services"], c["issuer"]) for c in found] == [
         (DOMAIN, ["hello"], "self-signed")

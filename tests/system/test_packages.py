@@ -66,13 +66,18 @@ def test_packages() -> Iterator[None]:
 def host_policy() -> Iterator[None]:
     """The host's policy-rc.d is set aside for the test and put back after it."""
     path = Path(POLICY_RC_D)
-    saved = (path.read_bytes(), stat.S_IMODE(path.stat().st_mode)) if path.exists() else None
+    # under isidorus's apt lock, and with what a killed install may have left put back
+    # first: the host's own file is what is saved, never a copy of isidorus's
+    with packages._apt_lock():
+        packages._recover_policy()
+        saved = (path.read_bytes(), stat.S_IMODE(path.stat().st_mode)) if path.exists() else None
     yield
-    Path(POLICY_SAVED).unlink(missing_ok=True)
-    path.unlink(missing_ok=True)
-    if saved is not None:
-        path.write_bytes(saved[0])
-        path.chmod(saved[1])
+    with packages._apt_lock():
+        Path(POLICY_SAVED).unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
+        if saved is not None:
+            path.write_bytes(saved[0])
+            path.chmod(saved[1])
 
 
 @contextmanager
