@@ -34,7 +34,6 @@ from isidorus.ops.backups import StoreRef, create_backup, init_store, opened
 from isidorus.ops.database import read_config
 from isidorus.services import databases, installed, lifecycle
 from isidorus.services.errors import ServiceError
-from isidorus.services.health import wait_healthy
 from isidorus.services.installed import Installed
 from isidorus.services.manifest import Manifest
 from isidorus.services.render import Placement
@@ -190,11 +189,7 @@ def restore_service(
         say(f"starting {service}")
         try:
             tools.processes.start(name)
-            problem = wait_healthy(
-                found.manifest.health,
-                found.port,
-                lambda: tools.processes.state(name) in ("running", "starting"),
-            )
+            problem = lifecycle.health_problem(tools.processes, found.manifest, found.port)
         except HostError as exc:
             problem = str(exc)
     with db.write() as conn:

@@ -270,12 +270,7 @@ def restart(db: Database, data_dir: str, service: str, actor: str) -> str:
     tools = machinery(settings.load(), str(read_config(data_dir).get("domain", "localhost")))
     name = lifecycle.process_name(service)
     tools.processes.restart(name)
-    problem = health.wait_healthy(
-        found.manifest.health,
-        found.port,
-        lambda: tools.processes.state(name) in ("running", "starting"),
-    )
-    return problem or ""
+    return lifecycle.health_problem(tools.processes, found.manifest, found.port) or ""
 
 
 @dataclass(frozen=True)

@@ -97,6 +97,19 @@ def process_name(service: str) -> str:
     return f"isidorus-{service}"
 
 
+def health_problem(processes: ProcessManager, manifest: Manifest, port: int) -> str | None:
+    """Wait for the service's health check (or its process to stop): None when healthy,
+    else the problem, with the last lines the service wrote."""
+    name = process_name(manifest.id)
+    problem = wait_healthy(
+        manifest.health, port, lambda: processes.state(name) in ("running", "starting")
+    )
+    if problem is None:
+        return None
+    tail = processes.logs(name, 5)
+    return problem + (f"; its last output: {' | '.join(tail)}" if tail else "")
+
+
 def placement(machinery: Machinery, manifest: Manifest, domain: str, path: str) -> Placement:
     return Placement(
         service=manifest.id,
@@ -227,15 +240,9 @@ def install(
 
         step = "waiting for the service to be healthy"
         say(f"waiting for {manifest.id} to answer on port {where.port}")
-        problem = wait_healthy(
-            manifest.health,
-            where.port,
-            lambda: machinery.processes.state(name) in ("running", "starting"),
-        )
+        problem = health_problem(machinery.processes, manifest, where.port)
         if problem is not None:
-            tail = machinery.processes.logs(name, 5)
-            last = f"; its last output: {' | '.join(tail)}" if tail else ""
-            raise ServiceError(f"{problem}{last}")
+            raise ServiceError(problem)
 
         step = "publishing it behind nginx"
         machinery.nginx.publish(site(machinery, manifest, where, allow))

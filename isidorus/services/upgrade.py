@@ -23,12 +23,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from isidorus.services.errors import ServiceError
-from isidorus.services.health import port_is_free, wait_healthy
+from isidorus.services.health import port_is_free
 from isidorus.services.lifecycle import (
     Journal,
     Machinery,
     _debian_packages,
     _write_config,
+    health_problem,
     process_name,
     site,
 )
@@ -133,14 +134,9 @@ def upgrade(
 
         step = "waiting for the service to be healthy"
         say(f"waiting for {new.id} {new.version} to answer on port {where.port}")
-        problem = wait_healthy(
-            new.health,
-            where.port,
-            lambda: machinery.processes.state(name) in ("running", "starting"),
-        )
+        problem = health_problem(machinery.processes, new, where.port)
         if problem is not None:
-            tail = machinery.processes.logs(name, 5)
-            raise ServiceError(problem + (f"; its last output: {' | '.join(tail)}" if tail else ""))
+            raise ServiceError(problem)
 
         step = "publishing it behind nginx"
         machinery.nginx.publish(site(machinery, new, where, allow))
@@ -180,9 +176,7 @@ def _go_back(
             data = f"its data NOT restored ({exc}): restore it with `isidorus service restore`"
     try:
         machinery.processes.start(name)
-        problem = wait_healthy(
-            old.health, was.port, lambda: machinery.processes.state(name) in ("running", "starting")
-        )
+        problem = health_problem(machinery.processes, old, was.port)
     except HostError as exc:
         problem = str(exc)
     said = f"; {old.id} is back at {old.version} with {data}"
