@@ -101,6 +101,7 @@ def test_copyparty_upgraded_then_a_failed_upgrade_put_back_with_its_data(stack):
     secret = with_backups(stack)
     own = stack.services_dir / "copyparty.toml"
     own.write_text(copyparty_manifest(OLD))
+    test_services.wait_until_bindable(3923)  # copyparty's port: maybe in TIME_WAIT still
     stack.isidorus("service", "install", "copyparty")
     assert listed(stack)["copyparty"]["version"] == OLD
     hello = stack.root / "data" / "copyparty" / "files" / "hello.txt"

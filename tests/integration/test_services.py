@@ -9,6 +9,7 @@ import os
 import pwd
 import re
 import shlex
+import socket
 import subprocess
 import tempfile
 import time
@@ -148,7 +149,23 @@ def listed(stack: Stack) -> dict[str, dict]:
     return {s["id"]: s for s in json.loads(stack.isidorus("service", "list", "--json").out)}
 
 
+def wait_until_bindable(port: int, seconds: float = 120) -> None:
+    """A service that binds without SO_REUSEADDR cannot take a port whose connections of
+    an earlier test are still in TIME_WAIT (a minute): wait for them, boundedly."""
+    deadline = time.monotonic() + seconds
+    while True:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                return
+            except OSError:
+                assert time.monotonic() < deadline, f"port {port} stays busy"
+        time.sleep(1)
+
+
 def test_two_services_installed_at_once_reached_through_nginx_then_removed(stack):
+    for port in (5232, 3923):  # radicale's and copyparty's, from their manifests
+        wait_until_bindable(port)
     # radicale from Debian's packages, copyparty from PyPI: at the same time
     a = stack.run.popen("service", "install", "radicale", "--allow", "family", "--data-dir",
                         stack.data_dir, "--json", env=stack.env)  # fmt: skip
