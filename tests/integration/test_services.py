@@ -164,19 +164,25 @@ def wait_until_bindable(port: int, seconds: float = 120) -> None:
 
 
 def test_two_services_installed_at_once_reached_through_nginx_then_removed(stack):
-    for port in (5232, 3923):  # radicale's and copyparty's, from their manifests
+    for port in (5232, 3923, 8083):  # radicale's, copyparty's, calibreweb's (manifests)
         wait_until_bindable(port)
-    # radicale from Debian's packages, copyparty from PyPI: at the same time
+    # radicale from Debian's packages, copyparty and calibreweb from PyPI: at the same time
     a = stack.run.popen("service", "install", "radicale", "--allow", "family", "--data-dir",
                         stack.data_dir, "--json", env=stack.env)  # fmt: skip
     b = stack.run.popen("service", "install", "copyparty", "--data-dir", stack.data_dir,
                         "--json", env=stack.env)  # fmt: skip
-    for p in (a, b):
+    c = stack.run.popen("service", "install", "calibreweb", "--allow", "family", "--data-dir",
+                        stack.data_dir, "--json", env=stack.env)  # fmt: skip
+    for p in (a, b, c):
         out, err = p.communicate(timeout=600)
         assert p.returncode == 0, err.decode()
         assert json.loads(out)["state"] == "running"
     found = listed(stack)
-    assert set(found) == {"radicale", "copyparty"}
+    assert set(found) == {"radicale", "copyparty", "calibreweb"}
+    books = f"calibreweb.{DOMAIN}"
+    assert stack.get(books, "/login", "alice").status_code == 200
+    assert stack.get(books, "/login", "bob").status_code == 403
+    assert found["calibreweb"]["health"] == "ok"
     assert found["radicale"]["health"] == "ok" and found["radicale"]["allow"] == ["family"]
     # no TLS in these tests, and the test nginx's own port: the address says both
     assert found["radicale"]["url"] == f"http://radicale.{DOMAIN}:{stack.nginx.http_port}/"
@@ -224,6 +230,8 @@ def test_two_services_installed_at_once_reached_through_nginx_then_removed(stack
     stack.isidorus("service", "remove", "copyparty")
     assert stack.get(files, "/", "bob").status_code == 404
     assert (data / "copyparty").is_dir()
+    stack.isidorus("service", "remove", "calibreweb", "--purge")
+    assert stack.get(books, "/login", "alice").status_code == 404
     stack.isidorus("service", "remove", "radicale", "--purge")
     assert stack.get(cal, "/.web/", "bob").status_code == 404
     assert not (data / "radicale").exists()
