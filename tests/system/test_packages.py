@@ -46,9 +46,10 @@ def _dpkg_says_installed(name: str) -> bool:
     return result.stdout == "installed"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def test_packages() -> Iterator[None]:
-    """The test packages are absent before; whichever a test left behind goes at the end."""
+    """The test packages are absent before; whichever a test left behind (apt keeps the
+    dependencies it pulled in) goes after it, so the next test starts from a clean host."""
     there = [p for p in TEST_PACKAGES if _dpkg_says_installed(p)]
     if there:
         pytest.skip(f"this host has {', '.join(there)} already: the tests install them")
