@@ -146,6 +146,12 @@ def test_a_cut_link_and_a_killed_sync_resume_without_sending_again(run, homes, t
     wait_until(lambda: arrived() > got, "another pack at the home", timeout=60)
     p.kill()
     p.wait(TIMEOUT)
+    # the home may still be writing what arrived before the client died: let it finish
+    wait_until(
+        lambda: subprocess.run(["pgrep", "-f", "backup serve --stdio"]).returncode != 0,
+        "the home's serve to end",
+        timeout=60,
+    )
     got2 = arrived()
     assert list((copy_dir(home) / "snapshots").iterdir()) == []
 
