@@ -97,6 +97,18 @@ def process_name(service: str) -> str:
     return f"isidorus-{service}"
 
 
+def process_spec(manifest: Manifest, where: Placement) -> ProcessSpec:
+    """How the process manager runs the service (a manifest with a `command`)."""
+    return ProcessSpec(
+        name=process_name(manifest.id),
+        command=command(manifest, where),
+        user=where.user,
+        directory=where.data_dir,
+        environment=environment(manifest, where),
+        description=f"{manifest.name} ({manifest.id}), installed by isidorus",
+    )
+
+
 def health_problem(processes: ProcessManager, manifest: Manifest, port: int) -> str | None:
     """Wait for the service's health check (or its process to stop): None when healthy,
     else the problem, with the last lines the service wrote."""
@@ -225,16 +237,7 @@ def install(
         step = "starting the service"
         name = process_name(manifest.id)
         if manifest.run.command is not None:
-            machinery.processes.install(
-                ProcessSpec(
-                    name=name,
-                    command=command(manifest, where),
-                    user=where.user,
-                    directory=where.data_dir,
-                    environment=environment(manifest, where),
-                    description=f"{manifest.name} ({manifest.id}), installed by isidorus",
-                )
-            )
+            machinery.processes.install(process_spec(manifest, where))
             journal.did(f"process {name}", lambda: machinery.processes.uninstall(name))
             machinery.processes.start(name)
 

@@ -31,13 +31,13 @@ from isidorus.services.lifecycle import (
     _write_config,
     health_problem,
     process_name,
+    process_spec,
     site,
 )
 from isidorus.services.manifest import Manifest
-from isidorus.services.render import Placement, command, environment, render_config
+from isidorus.services.render import Placement, render_config
 from isidorus.system import packages
 from isidorus.system.errors import HostError
-from isidorus.system.processes import ProcessSpec
 
 Say = Callable[[str], None]
 
@@ -125,9 +125,9 @@ def upgrade(
 
         step = "starting the service"
         if new.run.command is not None:
-            machinery.processes.install(_spec(new, where))
+            machinery.processes.install(process_spec(new, where))
             if old.run.command is not None:
-                spec = _spec(old, was)
+                spec = process_spec(old, was)
                 journal.did(f"process {name}", lambda: machinery.processes.install(spec))
         touched = True
         machinery.processes.start(name)
@@ -185,17 +185,6 @@ def _go_back(
     if problem:
         said += f"; but it is not healthy: {problem}"
     return said
-
-
-def _spec(manifest: Manifest, where: Placement) -> ProcessSpec:
-    return ProcessSpec(
-        name=process_name(manifest.id),
-        command=command(manifest, where),
-        user=where.user,
-        directory=where.data_dir,
-        environment=environment(manifest, where),
-        description=f"{manifest.name} ({manifest.id}), installed by isidorus",
-    )
 
 
 def _fresh(path: str, journal: Journal) -> None:
