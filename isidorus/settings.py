@@ -206,7 +206,7 @@ def remotes_path(config_file: str) -> str:
     return os.path.join(config_file + ".d", REMOTES_FILE)
 
 
-def _documents(path: str) -> list[tuple[str, dict[str, Any]]]:
+def documents(path: str) -> list[tuple[str, dict[str, Any]]]:
     """The configuration file and its .d/*.toml, in the order they apply."""
     docs = []
     for f in [path, *sorted(glob.glob(path + ".d/*.toml"))]:
@@ -226,7 +226,7 @@ def load(
     env = os.environ if environ is None else environ
     path = config_file or config_path(env)
     values = {s.name: s.default for s in SETTINGS}
-    for _f, doc in _documents(path):
+    for _f, doc in documents(path):
         for k, v in doc.items():
             if k in values:
                 values[k] = v
@@ -255,7 +255,7 @@ def load_remotes(config_file: str) -> dict[str, Remote]:
     """The remotes of the configuration file and its .d/*.toml (a later file's
     definition of a name wins)."""
     remotes: dict[str, Remote] = {}
-    for f, doc in _documents(config_file):
+    for f, doc in documents(config_file):
         table = doc.get("remotes", {})
         if not isinstance(table, dict):
             raise UsageError(f'`remotes` in {f} must be a table: [remotes.NAME] with url = "…"')

@@ -24,11 +24,10 @@ from dataclasses import dataclass
 
 from isidorus.backup.errors import BackendError
 from isidorus.backup.remote.base import Backend
-from isidorus.errors import UsageError
+from isidorus.units import DAY
 
 FILE = "removals.sqlite"
 ORDER = ("snapshots", "index", "data", "keys")  # removal order: never a dangling reference
-DAY = 86400
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS removals (
@@ -176,21 +175,3 @@ class RemovalQueue:
         if self._db is not None:
             self._db.close()
             self._db = None
-
-
-def parse_delay(text: str) -> float:
-    """`14d`, `36h`, `90m`, `0` → seconds."""
-    text = text.strip().lower()
-    units = {"d": DAY, "h": 3600, "m": 60, "s": 1}
-    try:
-        if text and text[-1] in units:
-            value = float(text[:-1]) * units[text[-1]]
-        else:
-            value = float(text) * DAY
-    except ValueError:
-        raise UsageError(
-            f"{text!r} is not a delay: write a number of days (14d), hours (36h) or minutes (90m)"
-        ) from None
-    if value < 0:
-        raise UsageError(f"{text!r} is negative: a delay is 0 or more")
-    return value

@@ -10,13 +10,12 @@ from typing import TextIO
 
 import click
 
-from isidorus.backup.removals import parse_delay
 from isidorus.backup.serve import ServeOptions
 from isidorus.cli.options import json_option
 from isidorus.cli.output import print_json
 from isidorus.errors import UsageError
 from isidorus.ops import homes
-from isidorus.units import parse_size
+from isidorus.units import parse_delay, parse_size
 
 _DELAY_HELP = "How long a removal the server asks for waits before it is carried out."
 

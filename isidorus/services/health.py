@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import http.client
+import re
 import socket
+import subprocess
 import time
 from collections.abc import Callable
 
@@ -57,3 +59,17 @@ def port_is_free(port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def port_holder(port: int) -> str:
+    """Who listens on `port`, as `ss` names it ("copyparty, pid 812"); "" when nobody does
+    or `ss` cannot tell."""
+    try:
+        out = subprocess.run(
+            ["ss", "-H", "-ltnp", f"sport = :{port}"],
+            capture_output=True, text=True, timeout=10, check=False,
+        ).stdout  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    found = re.findall(r'\("([^"]+)",pid=(\d+)', out)
+    return "; ".join(f"{name}, pid {pid}" for name, pid in dict.fromkeys(found))

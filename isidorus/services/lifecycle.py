@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from isidorus.services.errors import ServiceError
-from isidorus.services.health import port_is_free, wait_healthy
+from isidorus.services.health import port_holder, port_is_free, wait_healthy
 from isidorus.services.manifest import Manifest
 from isidorus.services.render import Placement, command, environment, render_config
 from isidorus.system import packages, users
@@ -188,8 +188,8 @@ def install(
         )
     if not port_is_free(where.port):
         raise ServiceError(
-            f"port {where.port}, which {manifest.id} listens on, is already in use: stop what "
-            "uses it (`ss -ltnp`), or remove the service that has it"
+            f"port {where.port}, which {manifest.id} listens on, is already in use"
+            f"{_held_by(where.port)}: stop it, or remove the service that has it"
         )
     added = Added()
     journal = Journal(say)
@@ -256,6 +256,8 @@ def install(
             f"; could not undo: {'; '.join(failed)}" if failed else "; everything it did was undone"
         )
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        if step == "starting the service" and not port_is_free(where.port):
+            why += f"; port {where.port} is in use{_held_by(where.port)}"
         raise ServiceError(f"installing {manifest.id} failed while {step}: {why}{left}") from None
     certify(machinery, manifest, where, allow, say)
     return added
@@ -280,6 +282,11 @@ def certify(
         say(f"warning: {where.domain} keeps its self-signed certificate: {exc}{retry}")
         return False
     return True
+
+
+def _held_by(port: int) -> str:
+    holder = port_holder(port)
+    return f" by {holder}" if holder else " (`ss -ltnp` tells by what)"
 
 
 def _rmtree(path: str) -> None:

@@ -55,6 +55,12 @@ def m0008_services(conn: Connection) -> None:
     schema.service_groups.create(conn)
 
 
+def m0009_runs(conn: Connection) -> None:
+    """Runs of the host's jobs (nightly, updates) and their steps."""
+    schema.runs.create(conn)
+    schema.run_steps.create(conn)
+
+
 MIGRATIONS: tuple[tuple[str, Migration], ...] = (
     ("0001_accounts", m0001_accounts),
     ("0002_sessions", m0002_sessions),
@@ -63,6 +69,7 @@ MIGRATIONS: tuple[tuple[str, Migration], ...] = (
     ("0006_second_factor", m0006_second_factor),
     ("0007_login_failures", m0007_login_failures),
     ("0008_services", m0008_services),
+    ("0009_runs", m0009_runs),
 )
 
 

@@ -6,8 +6,10 @@ Moments are `UtcDateTime` columns, so they read back alike from both databases.
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
+    Float,
     ForeignKey,
     Integer,
     MetaData,
@@ -191,4 +193,36 @@ service_groups = Table(
         "service_id", String(64), ForeignKey("services.id", ondelete="CASCADE"), primary_key=True
     ),
     Column("group_id", Integer, ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True),
+)
+
+# Runs of the host's jobs (the nightly job, updates): one row per run, one per step of it.
+# A run found "running" when the next one of its kind starts was cut short (the next one
+# holds the lock that only one run at a time may hold) and is marked "interrupted".
+runs = Table(
+    "runs",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("kind", String(32), nullable=False, index=True),  # nightly | update
+    Column("status", String(16), nullable=False),  # running | ok | failed | interrupted
+    Column("started_at", UtcDateTime(), nullable=False),
+    Column("finished_at", UtcDateTime(), nullable=True),
+    Column("pid", Integer, nullable=False),
+    Column("bytes", BigInteger, nullable=False, default=0),  # new bytes stored or sent
+    Column("errors", Integer, nullable=False, default=0),  # steps that failed
+    Column("log", Text, nullable=False, default=""),  # what it said, line by line
+)
+
+run_steps = Table(
+    "run_steps",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("run_id", Integer, ForeignKey("runs.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("step", String(32), nullable=False),  # dump | backup | sync | verify | prune | gc …
+    Column("target", String(200), nullable=False, default=""),  # a service, a remote…
+    Column("status", String(16), nullable=False),  # ok | failed | skipped
+    Column("started_at", UtcDateTime(), nullable=False),
+    Column("seconds", Float, nullable=False, default=0.0),
+    Column("bytes", BigInteger, nullable=False, default=0),
+    Column("error", Text, nullable=False, default=""),
+    Column("detail", Text, nullable=False, default="{}"),  # JSON: the step's own figures
 )

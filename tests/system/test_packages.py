@@ -48,20 +48,23 @@ def _dpkg_says_installed(name: str) -> bool:
 
 @pytest.fixture
 def test_packages() -> Iterator[None]:
-    """The test packages are absent before; whichever a test left behind (apt keeps the
-    dependencies it pulled in) goes after it, so the next test starts from a clean host."""
+    """The test packages are absent before (they are harmless toys: one left by an earlier
+    run is removed) and after: apt keeps the dependencies it pulled in."""
+    _remove_test_packages()
+    yield
+    _remove_test_packages()
+
+
+def _remove_test_packages() -> None:
     there = [p for p in TEST_PACKAGES if _dpkg_says_installed(p)]
     if there:
-        pytest.skip(f"this host has {', '.join(there)} already: the tests install them")
-    yield
-    left = [p for p in TEST_PACKAGES if _dpkg_says_installed(p)]
-    if left:
         subprocess.run(
-            ["apt-get", "remove", "-y", "-q", "-o", "DPkg::Lock::Timeout=120", *left],
+            ["apt-get", "remove", "-y", "-q", "-o", "DPkg::Lock::Timeout=120", *there],
             env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
             capture_output=True,
             check=True,
         )
+    assert not any(_dpkg_says_installed(p) for p in TEST_PACKAGES)
 
 
 @pytest.fixture
