@@ -24,7 +24,6 @@ from dataclasses import dataclass
 
 from isidorus.backup.errors import BackendError
 from isidorus.backup.remote.base import Backend
-from isidorus.units import DAY
 
 FILE = "removals.sqlite"
 ORDER = ("snapshots", "index", "data", "keys")  # removal order: never a dangling reference

@@ -37,7 +37,8 @@ from isidorus.backup.errors import BackendError
 from isidorus.backup.remote import wire
 from isidorus.backup.remote.base import CONFIG, KINDS, MUTABLE_KINDS
 from isidorus.backup.remote.local import LocalBackend, LocalUpload
-from isidorus.backup.removals import DAY, RemovalQueue
+from isidorus.backup.removals import RemovalQueue
+from isidorus.units import DAY
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
 _HISTORY_KINDS = frozenset(k for k in KINDS if k not in MUTABLE_KINDS) | {"config"}

@@ -216,7 +216,9 @@ run_steps = Table(
     "run_steps",
     metadata,
     Column("id", Integer, primary_key=True),
-    Column("run_id", Integer, ForeignKey("runs.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column(
+        "run_id", Integer, ForeignKey("runs.id", ondelete="CASCADE"), nullable=False, index=True
+    ),
     Column("step", String(32), nullable=False),  # dump | backup | sync | verify | prune | gc …
     Column("target", String(200), nullable=False, default=""),  # a service, a remote…
     Column("status", String(16), nullable=False),  # ok | failed | skipped
