@@ -38,3 +38,12 @@ def parse_delay(text: str) -> float:
     if value < 0:
         raise UsageError(f"{text!r} is negative: a delay is 0 or more")
     return value
+
+
+def human_bytes(n: float) -> str:
+    """`812 B`, `3.4 MiB`, `1.2 TiB`."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TiB"

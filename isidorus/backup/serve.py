@@ -38,7 +38,7 @@ from isidorus.backup.remote import wire
 from isidorus.backup.remote.base import CONFIG, KINDS, MUTABLE_KINDS
 from isidorus.backup.remote.local import LocalBackend, LocalUpload
 from isidorus.backup.removals import RemovalQueue
-from isidorus.units import DAY
+from isidorus.units import DAY, human_bytes
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
 _HISTORY_KINDS = frozenset(k for k in KINDS if k not in MUTABLE_KINDS) | {"config"}
@@ -96,15 +96,6 @@ def disk_usage(root: str) -> int:
     return total
 
 
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024:
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"
-
-
 class StoreServer:
     """Answers the requests of one client for one store."""
 
@@ -133,8 +124,9 @@ class StoreServer:
         q = self.options.quota
         if q and self.used + n > q:
             raise BackendError(
-                f"the home's quota of {_size(q)} is reached ({_size(self.used)} used): ask the "
-                "home's owner to raise it, or prune and gc the source so the copy needs less"
+                f"the home's quota of {human_bytes(q)} is reached ({human_bytes(self.used)} "
+                "used): ask the home's owner to raise it, or prune and gc the source so the "
+                "copy needs less"
             )
         self.used += n
 

@@ -28,6 +28,11 @@ _COMMANDS = {
     "service": "isidorus.cli.services:service",
     "oidc": "isidorus.cli.oidc:oidc",
     "directory": "isidorus.cli.directory:directory",
+    "nightly": "isidorus.cli.nightly:nightly",
+    "jobs": "isidorus.cli.nightly:jobs",
+    "doctor": "isidorus.cli.nightly:doctor",
+    "notify": "isidorus.cli.nightly:notify",
+    "schedule": "isidorus.cli.nightly:schedule",
 }
 
 

@@ -23,7 +23,6 @@ from isidorus.backup.verify import VerifyOptions, VerifyReport
 from isidorus.cli.options import json_option, resolve_store
 from isidorus.cli.output import (
     TerminalProgress,
-    human_bytes,
     passphrase_source,
     print_json,
     warn,
@@ -31,6 +30,7 @@ from isidorus.cli.output import (
 from isidorus.errors import UsageError
 from isidorus.ops import backups as ops
 from isidorus.ops import offsite
+from isidorus.units import human_bytes
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -7,10 +7,10 @@ import click
 from isidorus import settings
 from isidorus.backup.sync import SyncOptions
 from isidorus.cli.options import json_option, resolve_store
-from isidorus.cli.output import TerminalProgress, human_bytes, passphrase_source, print_json, warn
+from isidorus.cli.output import TerminalProgress, passphrase_source, print_json, warn
 from isidorus.ops import backups as ops
 from isidorus.ops import offsite, remotes
-from isidorus.units import parse_size
+from isidorus.units import human_bytes, parse_size
 
 
 @click.command()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -22,3 +23,22 @@ def resolve_store(location: str) -> str:
     if not location.startswith(remotes.PREFIX):
         return location
     return remotes.resolve(location, settings.load_remotes(settings.config_path()))
+
+
+def with_host(f: F) -> F:
+    """Adds --data-dir and hands the command the host's data directory and state."""
+
+    @click.option("--data-dir", metavar="DIR", help="The host's data directory.")
+    @functools.wraps(f)
+    def wrapper(data_dir: str | None, **kw: Any) -> Any:
+        where = data_dir or str(settings.load()["data_dir"])
+        from isidorus.cli.output import warn
+        from isidorus.ops.accounts import open_state  # the state's libraries, when used
+
+        db = open_state(where, warn=warn)
+        try:
+            return f(db, where, **kw)
+        finally:
+            db.close()
+
+    return wrapper  # type: ignore[return-value]

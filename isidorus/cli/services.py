@@ -2,43 +2,26 @@
 
 from __future__ import annotations
 
-import functools
 import getpass
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
 
-from isidorus import settings
-from isidorus.cli.output import human_bytes, print_json, warn
+from isidorus.cli.options import with_host
+from isidorus.cli.output import print_json, warn
 from isidorus.errors import UsageError
-from isidorus.ops import accounts
 from isidorus.ops import certificates as certs
 from isidorus.ops import service_backups as backups
 from isidorus.ops import services as ops
 from isidorus.services.errors import ServiceError
+from isidorus.units import human_bytes
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _actor() -> str:
     return f"cli:{getpass.getuser()}"
-
-
-def with_host(f: F) -> F:
-    """Adds --data-dir and hands the command the host's data directory and state."""
-
-    @click.option("--data-dir", metavar="DIR", help="The host's data directory.")
-    @functools.wraps(f)
-    def wrapper(data_dir: str | None, **kw: Any) -> Any:
-        where = data_dir or str(settings.load()["data_dir"])
-        db = accounts.open_state(where, warn=warn)
-        try:
-            return f(db, where, **kw)
-        finally:
-            db.close()
-
-    return wrapper  # type: ignore[return-value]
 
 
 def _say(message: str) -> None:

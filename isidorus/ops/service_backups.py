@@ -137,7 +137,7 @@ def ready(conn: Connection, service: str) -> Installed:
     return found
 
 
-def _tools(conf: Mapping[str, Any], data_dir: str) -> lifecycle.Machinery:
+def tools_for(conf: Mapping[str, Any], data_dir: str) -> lifecycle.Machinery:
     from isidorus.ops.services import machinery  # that module imports this one
 
     return machinery(conf, str(read_config(data_dir).get("domain", "localhost")))
@@ -152,7 +152,7 @@ def backup_service(
     conf = settings.load()
     with db.read() as conn:
         found = ready(conn, service)
-    tools = _tools(conf, data_dir)
+    tools = tools_for(conf, data_dir)
     with changing(service):
         done = take_backup(store_ref(conf, create=True), tools, found, say)
     with db.write() as conn:
@@ -169,7 +169,7 @@ def restore_service(
     conf = settings.load()
     with db.read() as conn:
         found = ready(conn, service)
-    tools = _tools(conf, data_dir)
+    tools = tools_for(conf, data_dir)
     ref = store_ref(conf)
     name = lifecycle.process_name(service)
     where = lifecycle.placement(tools, found.manifest, found.domain, found.path)
@@ -200,7 +200,40 @@ def restore_service(
 def take_backup(
     ref: StoreRef, tools: lifecycle.Machinery, found: Installed, say: Say
 ) -> ServiceBackup:
-    """The snapshot itself; the caller holds `changing(service)`."""
+    """The snapshot itself, its databases dumped first; the caller holds
+    `changing(service)`. ServiceError when it is partial."""
+    manifest = found.manifest
+    dumps = dump_dir(tools, manifest.id) if manifest.data.databases else None
+    try:
+        if dumps is not None:
+            shutil.rmtree(dumps, ignore_errors=True)
+            os.makedirs(dumps, mode=0o700)
+            where = lifecycle.placement(tools, manifest, found.domain, found.path)
+            databases.dump_all(manifest.data.databases, where, dumps, say)
+        done = snapshot_service(ref, tools, found, dumps, say)
+    finally:
+        if dumps is not None:
+            shutil.rmtree(dumps, ignore_errors=True)
+    result = done.result
+    if result.partial:
+        raise ServiceError(
+            f"the snapshot {result.snapshot.short_id} of {manifest.id} is partial, "
+            f"{len(result.errors)} file(s) left out: {result.errors[0]}"
+        )
+    return done
+
+
+def snapshot_service(
+    ref: StoreRef,
+    tools: lifecycle.Machinery,
+    found: Installed,
+    dumps: str | None,
+    say: Say,
+    tags: tuple[str, ...] = (),
+) -> ServiceBackup:
+    """Snapshot the service's data paths and `dumps` (its databases' dumps, made by the
+    caller), tagged service:ID, version:V and `tags`. A partial snapshot is returned as
+    such: the caller decides."""
     manifest = found.manifest
     where = lifecycle.placement(tools, manifest, found.domain, found.path)
     paths, excludes = [], []
@@ -213,33 +246,19 @@ def take_backup(
         if d.path is not None:
             live = glob.escape(where.fill(d.path))
             excludes += [live, *(live + s for s in databases.SIDECARS)]
-    dumps = dump_dir(tools, manifest.id) if manifest.data.databases else None
-    if not paths and dumps is None:
+    if dumps is not None:
+        paths.append(dumps)
+    if not paths:
         raise ServiceError(
             f"{manifest.id} has nothing to back up: no path of its manifest's [data] exists"
         )
-    try:
-        if dumps is not None:
-            shutil.rmtree(dumps, ignore_errors=True)
-            os.makedirs(dumps, mode=0o700)
-            databases.dump_all(manifest.data.databases, where, dumps, say)
-            paths.append(dumps)
-        say(f"backing up {manifest.id} {found.version} into {ref.location}")
-        options = BackupOptions(
-            paths=tuple(paths),
-            tags=(f"service:{manifest.id}", f"version:{found.version}"),
-            excludes=tuple(excludes),
-        )
-        result = create_backup(ref, options, NullProgress())
-    finally:
-        if dumps is not None:
-            shutil.rmtree(dumps, ignore_errors=True)
-    if result.partial:
-        raise ServiceError(
-            f"the snapshot {result.snapshot.short_id} of {manifest.id} is partial, "
-            f"{len(result.errors)} file(s) left out: {result.errors[0]}"
-        )
-    return ServiceBackup(manifest.id, found.version, result)
+    say(f"backing up {manifest.id} {found.version} into {ref.location}")
+    options = BackupOptions(
+        paths=tuple(paths),
+        tags=(f"service:{manifest.id}", f"version:{found.version}", *tags),
+        excludes=tuple(excludes),
+    )
+    return ServiceBackup(manifest.id, found.version, create_backup(ref, options, NullProgress()))
 
 
 def dump_dir(tools: lifecycle.Machinery, service: str) -> str:
