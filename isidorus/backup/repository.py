@@ -131,7 +131,12 @@ class Repository:
         backend.write("config", "config", json.dumps(config, indent=1).encode() + b"\n")
 
     @classmethod
-    def open(cls, backend: Backend, passphrase: Passphrase | None, cache_dir: str) -> Repository:
+    def open(
+        cls, backend: Backend, passphrase: Passphrase | None, cache_dir: str, *, index: bool = True
+    ) -> Repository:
+        """The store opened with its key. With `index=False` the index is not followed
+        (its cache stays empty): enough to read snapshots, as a listing of a remote copy
+        does, without fetching every index object first."""
         config = read_config(backend)
         if config["encryption"] == "none":
             mac = bytes.fromhex(config["mac_key"])
@@ -148,8 +153,9 @@ class Repository:
             if cache_dir == ":memory:"
             else os.path.join(cache_dir, config["id"], place, "index.sqlite")
         )
-        repo = cls(backend, config, crypto, IndexCache(path))
-        repo.refresh_index()
+        repo = cls(backend, config, crypto, IndexCache(path if index else ":memory:"))
+        if index:
+            repo.refresh_index()
         return repo
 
     def close(self) -> None:
