@@ -1,5 +1,6 @@
-"""The engine stays apart: isidorus.backup imports nothing of isidorus but isidorus.errors,
-and backup/remote/ never imports the rest of the engine (restic's depguard rule)."""
+"""The engine stays apart: isidorus.backup imports nothing of isidorus but isidorus.errors
+and isidorus.units (a leaf: sizes and delays as people write them), and backup/remote/
+never imports the rest of the engine (restic's depguard rule)."""
 
 from __future__ import annotations
 
@@ -22,13 +23,20 @@ def _imports(path: pathlib.Path) -> set[str]:
 
 
 ENGINE = sorted((PKG / "backup").rglob("*.py"))
+LEAVES = ("isidorus.errors", "isidorus.units")
+
+
+@pytest.mark.parametrize("leaf", LEAVES)
+def test_the_leaves_import_nothing_else_of_isidorus(leaf):
+    path = PKG / (leaf.split(".")[1] + ".py")
+    assert {n for n in _imports(path) if n.startswith("isidorus")} <= {"isidorus.errors"}
 
 
 @pytest.mark.parametrize("path", ENGINE, ids=[str(p.relative_to(PKG)) for p in ENGINE])
 def test_engine_imports_only_itself_and_errors(path):
     for name in _imports(path):
         if name.startswith("isidorus") and not name.startswith("isidorus.backup"):
-            assert name == "isidorus.errors", f"{path.name} imports {name}"
+            assert name in LEAVES, f"{path.name} imports {name}"
         if "remote" in path.parts and name.startswith("isidorus.backup."):
             allowed = ("isidorus.backup.remote", "isidorus.backup.errors")
             assert name.startswith(allowed), f"remote/{path.name} imports {name}"

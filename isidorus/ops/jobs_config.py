@@ -96,7 +96,10 @@ def _nightly(raw: Mapping[str, tuple[str, Any]]) -> NightlyConfig:
                 raise UsageError(f'{where}: write the local time as "HH:MM", e.g. "03:00"')
             values["hour"], values["minute"] = int(m.group(1)), int(m.group(2))
         elif key == "random_delay":
-            values["random_delay"] = parse_delay(_string(value, where, '"30m"'))
+            try:
+                values["random_delay"] = parse_delay(_string(value, where, '"30m"'))
+            except UsageError as exc:
+                raise UsageError(f"{where}: {exc}") from None
         elif key in ("paths", "excludes"):
             values[key] = _strings(value, where)
             if key == "paths" and not all(p.startswith("/") for p in values[key]):

@@ -17,7 +17,14 @@ from isidorus.ops.doctor import Finding
 from isidorus.ops.runs import Run, Step
 from isidorus.units import human_bytes
 
-WATCHED = ("disk", "certificate", "backup", "remote", "service", "clock")
+# the findings told after a night: what changes over time, not the host's set-up
+WATCHED = ("disk", "certificate", "backup", "remote", "service")
+
+
+def _serious(f: Finding) -> bool:
+    if f.check == "clock":  # a host without NTP is told by doctor, a clock gone back here
+        return f.severity == "critical"
+    return f.check in WATCHED and f.severity in ("warning", "critical")
 
 
 @dataclass(frozen=True)
@@ -65,7 +72,7 @@ def night_message(
 ) -> Message | None:
     """The message after a night: None when there is nothing to tell (and no digest)."""
     failed = [s for s in run.steps if s.status == "failed"]
-    serious = [f for f in findings if f.check in WATCHED and f.severity in ("warning", "critical")]
+    serious = [f for f in findings if _serious(f)]
     if not failed and not serious and not digest:
         return None
     lines = []
