@@ -187,6 +187,12 @@ SETTINGS: tuple[Setting, ...] = (
         "away from this host.",
     ),
     Setting(
+        "apt_config",
+        "",
+        "An apt configuration file that `isidorus update` runs apt with (apt's APT_CONFIG), "
+        "e.g. to take upgrades from other sources or lists; empty: apt's own configuration.",
+    ),
+    Setting(
         "service_log_dir",
         "/var/log/isidorus",
         "Where supervisord writes each service's output (NAME.log); systemd uses its journal.",

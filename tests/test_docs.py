@@ -144,10 +144,24 @@ def test_every_ldap_key_is_documented(key):
     assert "[directory.md](directory.md)" in ACCOUNTS_GUIDE
 
 
+UPDATES_GUIDE = (ROOT / "docs" / "updates.md").read_text()
+UPDATES = _commands(_command(cli, "update"), "isidorus update")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("name", "cmd"), UPDATES, ids=[n for n, _ in UPDATES])
+def test_every_update_command_has_help_and_docs(name, cmd):
+    assert cmd.help and cmd.help.strip(), f"{name} has no help text"
+    assert name in UPDATES_GUIDE, f"docs/updates.md does not show `{name}`"
+    for param in cmd.params:
+        if isinstance(param, click.Option):
+            assert max(param.opts, key=len) in UPDATES_GUIDE, f"{name}: {param.opts}"
+    assert "(docs/updates.md)" in (ROOT / "README.md").read_text()
+
+
 @pytest.mark.parametrize("setting", SETTINGS, ids=[s.name for s in SETTINGS])
 def test_every_setting_is_documented(setting):
     assert setting.help
-    docs = GUIDE + ACCOUNTS_GUIDE + SERVICES_GUIDE
+    docs = GUIDE + ACCOUNTS_GUIDE + SERVICES_GUIDE + UPDATES_GUIDE
     assert f"`{setting.name}`" in docs or setting.env_name in docs
     assert setting.env_name in docs
 

@@ -28,6 +28,7 @@ _COMMANDS = {
     "service": "isidorus.cli.services:service",
     "oidc": "isidorus.cli.oidc:oidc",
     "directory": "isidorus.cli.directory:directory",
+    "update": "isidorus.cli.updates:update",
     "nightly": "isidorus.cli.nightly:nightly",
     "jobs": "isidorus.cli.nightly:jobs",
     "doctor": "isidorus.cli.nightly:doctor",

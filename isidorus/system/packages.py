@@ -21,6 +21,8 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from isidorus.system.errors import HostError, HostTimeout
 from isidorus.system.run import last_line, run
@@ -34,6 +36,7 @@ POLICY_MARK = "# isidorus: no daemon starts while it installs packages"
 POLICY_SCRIPT = f"#!/bin/sh\n{POLICY_MARK}; removed when it is done\nexit 101\n"
 
 LOCK_PATH = "/run/lock/isidorus-apt.lock"
+DPKG_FRONTEND_LOCK = "/var/lib/dpkg/lock-frontend"  # what apt, apt-get and dpkg take
 APT_LOCK_WAIT = 300.0  # seconds: unattended-upgrades can hold apt's lock for minutes
 APT_TIMEOUT = 1800.0  # seconds for one apt-get, after it got the lock
 PIP_TIMEOUT = 1800.0  # some packages build from source
@@ -160,6 +163,90 @@ def apt_downgrade(versions: Mapping[str, str]) -> None:
         with _daemons_held():
             _apt_get(["install", "-y", "--allow-downgrades", "--no-install-recommends",
                       *DPKG_OPTIONS, *pinned])  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Upgrade:
+    """One package apt would change, as its simulation (`apt-get -s`) tells it."""
+
+    name: str
+    installed: str  # "" when apt would install it anew (a new dependency)
+    candidate: str
+    origins: tuple[str, ...]  # where the candidate comes from: "Debian-Security:12/stable-security"
+
+    @property
+    def security(self) -> bool:
+        """Whether the candidate comes from a security archive (Debian-Security, or a suite
+        named *-security, as Debian's and Ubuntu's are)."""
+        for origin in self.origins:
+            name, _, release = origin.partition(":")
+            if name == "Debian-Security" or release.rsplit("/", 1)[-1].endswith("-security"):
+                return True
+        return False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "installed": self.installed,
+            "candidate": self.candidate,
+            "security": self.security,
+            "origins": list(self.origins),
+        }
+
+
+def apt_upgradable() -> list[Upgrade]:
+    """The installed packages `apt-get upgrade` would upgrade now, from apt's lists as they
+    are (no new package, no removal; held packages stay): a simulation, which takes no lock
+    and needs no root. HostError when apt cannot tell (a broken dpkg state, a bad source)."""
+    return [u for u in _simulate(["upgrade"]) if u.installed]
+
+
+def apt_upgrade_plan(names: Sequence[str]) -> list[Upgrade]:
+    """Everything `apt_upgrade(names)` would change, the dependencies it pulls along
+    included: a simulation, which takes no lock and needs no root."""
+    names = _checked(names)
+    if not names:
+        return []
+    return _simulate(["install", "--only-upgrade", "--no-install-recommends", *names])
+
+
+def apt_refresh() -> None:
+    """`apt-get update`, now (under isidorus's apt lock): what an update needs to see the
+    mirror's new versions. HostError names apt's reason when a source cannot be read."""
+    global _updated
+    with _apt_lock():
+        _apt_get(["update"])
+        _updated = True
+
+
+@contextlib.contextmanager
+def apt_config(path: str) -> Iterator[None]:
+    """Every apt-get and apt-cache that this process runs in the block reads this apt
+    configuration file (apt's APT_CONFIG), before /etc/apt/apt.conf.d: other sources, lists
+    or options. "" changes nothing. Not for threads that run apt for something else."""
+    if not path:
+        yield
+        return
+    had = APT_ENV.get("APT_CONFIG")
+    APT_ENV["APT_CONFIG"] = path
+    try:
+        yield
+    finally:
+        if had is None:
+            APT_ENV.pop("APT_CONFIG", None)
+        else:
+            APT_ENV["APT_CONFIG"] = had
+
+
+def apt_busy() -> str:
+    """Who holds apt's lock (dpkg's frontend lock) or isidorus's own apt lock now, in
+    words ("process 812 (unattended-upgr) holds /var/lib/dpkg/lock-frontend"); "" when no
+    other process does. Looks, without taking either lock: it never gets in apt's way."""
+    for path in (LOCK_PATH, DPKG_FRONTEND_LOCK):
+        for pid in _lock_holders(path):
+            if pid != os.getpid():
+                return f"process {pid} ({_command_name(pid)}) holds {path}"
+    return ""
 
 
 def venv_install(venv: str, requirements: Sequence[str], python: str = "/usr/bin/python3") -> None:
@@ -357,6 +444,55 @@ def _unknown(names: Sequence[str]) -> list[str]:
         elif line.strip().startswith("Candidate:"):
             candidates[name] = line.split(":", 1)[1].strip()
     return [n for n in names if candidates.get(n, "(none)") == "(none)"]
+
+
+# `Inst NAME [OLD] (NEW ORIGIN, ORIGIN… [ARCH])`, one line per package apt would unpack
+_INST = re.compile(r"^Inst (\S+)(?: \[([^\]]*)\])? \(([^)]*)\)")
+
+
+def _simulate(args: list[str]) -> list[Upgrade]:
+    argv = ["apt-get", "-s", "-q", "-o", "Debug::NoLocking=1", *args]
+    result = run(argv, env=APT_ENV, what="apt-get", check=False)
+    if result.returncode != 0:
+        raise HostError(f"apt-get {args[0]} cannot tell what it would do: {_apt_reason(result)}")
+    found: dict[str, Upgrade] = {}
+    for line in result.stdout.splitlines():
+        m = _INST.match(line)
+        if m is None:
+            continue
+        name = m.group(1).split(":")[0]  # libc6:i386 goes with libc6
+        inner = re.sub(r"\s*\[[^\]]*\]$", "", m.group(3).strip())
+        candidate, _, where = inner.partition(" ")
+        origins = tuple(o.strip() for o in where.split(",") if o.strip())
+        found.setdefault(name, Upgrade(name, m.group(2) or "", candidate, origins))
+    return list(found.values())
+
+
+def _lock_holders(path: str) -> list[int]:
+    """The processes that hold a lock (flock or POSIX) on `path`, from /proc/locks."""
+    try:
+        st = os.stat(path)
+        with open("/proc/locks", encoding="ascii", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return []
+    want = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    holders = []
+    for line in lines:
+        parts = line.split()
+        # "1: POSIX  ADVISORY  WRITE 812 fe:00:402117 0 EOF"; "->" marks a waiter
+        if len(parts) >= 6 and parts[1] != "->" and parts[5] == want:
+            with contextlib.suppress(ValueError):
+                holders.append(int(parts[4]))
+    return [p for p in holders if p > 0]
+
+
+def _command_name(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as f:
+            return f.read().strip() or "?"
+    except OSError:
+        return "gone"
 
 
 def _remove_locked(names: Sequence[str]) -> None:
