@@ -163,6 +163,12 @@ def schedule() -> None:
 def schedule_install(db: Any, data_dir: str) -> None:
     """Set up the nightly job at [nightly] time (again after a change of it)."""
     conf, jobs, _remotes = _config()
+    unkept = schedule_.unkept()
+    if unkept:
+        _say(
+            f"note: {', '.join(unkept)} of this shell will not apply to the scheduled nights: "
+            f"put those settings in {settings.config_path()}"
+        )
     click.echo(schedule_.install(data_dir, conf, jobs.nightly))
 
 

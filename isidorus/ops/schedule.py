@@ -28,6 +28,7 @@ from isidorus.system.errors import HostError
 from isidorus.system.processes import (
     ProcessSpec,
     process_manager,
+    systemd_environment,
     systemd_is_pid1,
     systemd_word,
 )
@@ -36,6 +37,7 @@ from isidorus.system.run import run
 NAME = "isidorus-nightly"
 SCHEDULER = "isidorus-scheduler"
 MARK_FILE = "schedule.json"  # in the data directory: when the schedule was set up
+KEPT = ("ISIDORUS_CONFIG",)
 NAP = 60.0  # the scheduler looks at the clock at least this often (it may be changed)
 
 
@@ -71,7 +73,7 @@ def install(data_dir: str, conf: Mapping[str, Any], nightly: NightlyConfig) -> s
     if systemd_is_pid1():
         unit_dir = str(conf["systemd_unit_dir"])
         argv = command(data_dir, "nightly")
-        _write(os.path.join(unit_dir, f"{NAME}.service"), service_unit(argv))
+        _write(os.path.join(unit_dir, f"{NAME}.service"), service_unit(argv, passed_environment()))
         _write(os.path.join(unit_dir, f"{NAME}.timer"), timer_unit(nightly))
         run(["systemctl", "daemon-reload"], what="systemctl daemon-reload")
         run(["systemctl", "enable", "--now", f"{NAME}.timer"], what="systemctl enable")
@@ -82,7 +84,7 @@ def install(data_dir: str, conf: Mapping[str, Any], nightly: NightlyConfig) -> s
         command=tuple(command(data_dir, "schedule", "run")),
         user="root",
         directory="/",
-        environment=_passed_environment(),
+        environment=passed_environment(),
         description="isidorus's scheduler: runs the nightly job",
     )
     manager.install(spec)
@@ -132,7 +134,10 @@ def status(
 # --- the timer's files -----------------------------------------------------------------
 
 
-def service_unit(argv: list[str]) -> str:
+def service_unit(argv: list[str], environment: dict[str, str] | None = None) -> str:
+    env = "".join(
+        f"Environment={systemd_environment(k, v)}\n" for k, v in (environment or {}).items()
+    )
     return (
         "# Written by isidorus: `isidorus schedule install` replaces it\n"
         "[Unit]\n"
@@ -142,6 +147,7 @@ def service_unit(argv: list[str]) -> str:
         "\n"
         "[Service]\n"
         "Type=oneshot\n"
+        f"{env}"
         f"ExecStart={' '.join(systemd_word(a) for a in argv)}\n"
         "Nice=10\n"
         "IOSchedulingClass=idle\n"
@@ -173,12 +179,18 @@ def _write(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _passed_environment() -> dict[str, str]:
-    """What the scheduler's runs need of this environment: isidorus's own variables (the
-    configuration file, settings), so the night it runs is the one `install` saw."""
-    keep = {k: v for k, v in os.environ.items() if k.startswith("ISIDORUS_")}
+def passed_environment() -> dict[str, str]:
+    """What the scheduled nights get of this environment: the configuration file's place
+    and PATH. Settings go in that file: other ISIDORUS_ variables are not kept (see
+    `unkept`), since the nights must not depend on the shell that set them up."""
+    keep = {k: os.environ[k] for k in KEPT if k in os.environ}
     keep["PATH"] = os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
     return keep
+
+
+def unkept() -> list[str]:
+    """The ISIDORUS_ variables of this environment that the scheduled nights will not see."""
+    return sorted(k for k in os.environ if k.startswith("ISIDORUS_") and k not in KEPT)
 
 
 def _mark(data_dir: str) -> None:

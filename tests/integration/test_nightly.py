@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from aiosmtpd.controller import Controller
 
+from isidorus.settings import SETTINGS
 from tests.integration import test_services
 from tests.integration.conftest import TIMEOUT, write_random
 from tests.integration.homes import Home, Homes
@@ -266,3 +267,46 @@ def test_notify_test_reaches_the_admin_or_names_the_target_that_failed(stack, sm
     r = stack.run("nightly", "--data-dir", stack.data_dir, env=env, check=2)
     assert "not a notification URL apprise knows" in r.err
     assert json.loads(stack.run("jobs", "--json", "--data-dir", stack.data_dir).out) == []
+
+
+def test_the_scheduler_runs_a_missed_night_at_once_then_waits(stack):
+    secret = with_backups(stack)
+    secret.write_text("the host's own backups\n")
+    # the settings in the configuration file, as on a real host: the scheduled nights do
+    # not see the variables of the shell that set them up
+    config = stack.root / "isidorus.toml"
+    by_env = {s.env_name: s for s in SETTINGS}
+    lines = []
+    for key, value in sorted(stack.env.items()):
+        s = by_env[key]
+        lines.append(f"{s.name} = {value if isinstance(s.default, int) else json.dumps(value)}")
+    paths = json.dumps([str(stack.root / "services.d")])
+    config.write_text("\n".join(lines) + f'\n[nightly]\npaths = {paths}\nrandom_delay = "0"\n')
+    stack.env.clear()
+    stack.env["ISIDORUS_CONFIG"] = str(config)
+    r = stack.isidorus("schedule", "status", "--json")
+    assert json.loads(r.out)["kind"] == "none"
+    # set up two days ago, and the server was off since: last night was missed
+    (stack.data_dir / "schedule.json").write_text(
+        json.dumps({"installed_at": "2026-01-01T00:00:00+00:00"})
+    )
+    r = stack.isidorus("schedule", "install")
+    assert r.out.startswith("isidorus scheduler under supervisord: every day at 03:00"), r.out
+
+    def runs() -> list[dict]:
+        return json.loads(stack.isidorus("jobs", "--json").out)
+
+    deadline = time.monotonic() + 120
+    while not runs() or runs()[0]["status"] == "running":
+        assert time.monotonic() < deadline, "the missed night did not run"
+        time.sleep(0.5)
+    assert [r["status"] for r in runs()] == ["ok"]
+    status = json.loads(stack.isidorus("schedule", "status", "--json").out)
+    assert (status["kind"], status["state"]) == ("isidorus scheduler", "running")
+    assert status["last_run"]["status"] == "ok" and status["next_due"] is not None
+    time.sleep(2)
+    assert len(runs()) == 1  # it ran that night, and waits for the next one
+    log = stack.isidorus("schedule", "status").out
+    assert "next at" in log
+    stack.isidorus("schedule", "remove")
+    assert json.loads(stack.isidorus("schedule", "status", "--json").out)["kind"] == "none"
