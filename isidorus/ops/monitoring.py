@@ -37,7 +37,7 @@ from isidorus.backup.remote.base import Backend
 from isidorus.backup.repository import Repository
 from isidorus.backup.restorer import lookup_path
 from isidorus.backup.types import Snapshot
-from isidorus.errors import IsidorusError, UsageError
+from isidorus.errors import IsidorusError, NotFoundError, UsageError
 from isidorus.ops import runs
 from isidorus.ops.backups import StoreRef, open_backend, opened
 from isidorus.ops.runs import Run, Step
@@ -385,20 +385,32 @@ class Folder:
     entries: list[Entry] = field(default_factory=list)
 
 
+class BadPath(UsageError):
+    """A path that cannot name anything in a snapshot."""
+
+
+class NotAFolder(NotFoundError):
+    """Something other than a folder where a folder is asked for."""
+
+
+class NotAFile(NotFoundError):
+    """Something other than a file where a file is asked for."""
+
+
 def check_path(path: str) -> str:
-    """A snapshot path as given by a visitor, made plain ("/a/b"); UsageError for one with
-    "." or ".." parts, control characters or that is not absolute."""
+    """A snapshot path as given by a visitor, made plain ("/a/b"); BadPath for one with
+    "." or ".." parts, control characters, or that is not absolute."""
     if not path.startswith("/") or any(ord(c) < 32 or ord(c) == 127 for c in path):
-        raise UsageError(f"{path!r} is not a path in a snapshot: give one that starts with /")
+        raise BadPath(f"{path!r} is not a path in a snapshot: give one that starts with /")
     parts = [p for p in path.split("/") if p]
     if any(p in (".", "..") for p in parts):
-        raise UsageError(f"{path!r} has . or .. in it: give the path itself")
+        raise BadPath(f"{path!r} has . or .. in it: give the path itself")
     return "/" + "/".join(parts)
 
 
 def list_folder(ref: StoreRef, snapshot: str, path: str) -> Folder:
     """The entries of a folder of a snapshot, folders first. SnapshotNotFound,
-    PathNotFound, or UsageError when `path` is not a folder."""
+    PathNotFound, NotAFolder, or BadPath."""
     path = check_path(path)
     with opened(ref, "ls") as repo:
         snap = repo.find_snapshot(snapshot)
@@ -406,7 +418,7 @@ def list_folder(ref: StoreRef, snapshot: str, path: str) -> Folder:
         if node is None:
             raise PathNotFound(f"{path} is not in snapshot {snap.short_id}")
         if node["type"] != "dir":
-            raise UsageError(f"{path} is a {node['type']}, not a folder")
+            raise NotAFolder(f"{path} is a {node['type']}, not a folder")
         entries = [
             Entry(
                 p,
@@ -438,7 +450,7 @@ def read_file(
 ) -> int:
     """Write a file of a snapshot to `out`, after calling `ready` with what it is (before
     any byte: a caller may still answer with an error until then). SnapshotNotFound,
-    PathNotFound, or UsageError for a path that is not a file. Returns the bytes written."""
+    PathNotFound, NotAFile, or BadPath. Returns the bytes written."""
     path = check_path(path)
     with opened(ref, "cat") as repo:
         snap = repo.find_snapshot(snapshot)
@@ -446,7 +458,7 @@ def read_file(
         if node is None or path == "/":
             raise PathNotFound(f"{path} is not in snapshot {snap.short_id}")
         if node["type"] not in ("file", "hardlink"):
-            raise UsageError(f"{path} is a {node['type']}, not a file")
+            raise NotAFile(f"{path} is a {node['type']}, not a file")
         size = sum(length for _cid, length in node.get("content", ()))
         ready(FileInfo(snap, path, path.rsplit("/", 1)[-1], size))
         return browse.cat(repo, snap, path, out)

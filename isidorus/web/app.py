@@ -16,12 +16,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from isidorus.errors import IsidorusError
 from isidorus.ops import accounts as ops
 from isidorus.ops import services
+from isidorus.ops.monitoring import StoreWatch
 from isidorus.web import i18n
 from isidorus.web.admin import Admin
 from isidorus.web.api import api_error, create_api, is_api
+from isidorus.web.backups import BackupsAdmin
 from isidorus.web.base import COOKIE, HERE, Host, content_security_policy, templates
 from isidorus.web.i18n import gettext
 from isidorus.web.jobs import Jobs
+from isidorus.web.metrics import Metrics
 from isidorus.web.oidc import Oidc
 from isidorus.web.pages import Pages
 from isidorus.web.services import ServicesAdmin
@@ -100,10 +103,13 @@ def create_app(data_dir: str, list_services: ListServices | None = None) -> Star
     i18n.catalogs()  # a broken catalog stops the start, not a visitor's page
     db = ops.open_state(data_dir)
     board = StatusBoard(db, data_dir, list_services or services.list_installed)
+    watch = StoreWatch()  # the stores' snapshots, read again when they change
     routes: list[BaseRoute] = [
         *Pages(host, db, board).routes(),
         *Admin(host, db).routes(),
         *ServicesAdmin(host, db, board, Jobs(data_dir)).routes(),
+        *BackupsAdmin(host, db, watch).routes(),
+        *Metrics(host, db, board, watch).routes(),
         Mount("/api", app=create_api(db)),
         *Oidc(host, db).routes(),
         Mount("/static", StaticFiles(directory=os.path.join(HERE, "static")), name="static"),

@@ -15,6 +15,7 @@ from urllib.parse import urlencode, urlsplit
 
 import jinja2
 from babel.dates import format_date
+from babel.numbers import format_decimal
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.templating import Jinja2Templates
@@ -95,6 +96,32 @@ def long_date(day: datetime.date) -> str:
     return format_date(day, "long", locale=i18n.language())
 
 
+def utc_time(when: datetime.datetime | None) -> str:
+    """A moment as the admin pages show it: `2025-03-01 03:12`, in UTC."""
+    if when is None:
+        return "—"
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.UTC)
+    return when.astimezone(datetime.UTC).strftime("%Y-%m-%d %H:%M")
+
+
+def human_size(n: float) -> str:
+    """A size in the visitor's language: `812 B`, `3.4 MiB` (`3,4 Mio` in French)."""
+    units = (
+        gettext("%(n)s B"),
+        gettext("%(n)s KiB"),
+        gettext("%(n)s MiB"),
+        gettext("%(n)s GiB"),
+        gettext("%(n)s TiB"),
+    )
+    for i, unit in enumerate(units):
+        if abs(n) < 1024 or i == len(units) - 1:
+            number = format_decimal(n, "#,##0" if i == 0 else "#,##0.0", locale=i18n.language())
+            return unit % {"n": number}
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
 def make_environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(os.path.join(HERE, "templates")),
@@ -110,7 +137,7 @@ def make_environment() -> jinja2.Environment:
         i18n.gettext, i18n.ngettext, newstyle=True, pgettext=i18n.pgettext
     )
     env.globals.update(language=i18n.language, switch_links=switch_links)
-    env.filters["long_date"] = long_date
+    env.filters.update(long_date=long_date, utc=utc_time, size=human_size)
     return env
 
 

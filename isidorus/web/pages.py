@@ -17,7 +17,7 @@ from isidorus.accounts.errors import InvalidInput, LoginFailed
 from isidorus.accounts.sessions import Session
 from isidorus.errors import NotFoundError
 from isidorus.ops import accounts as ops
-from isidorus.ops import oidc
+from isidorus.ops import monitoring, oidc
 from isidorus.ops import service_access as access
 from isidorus.state.db import Database
 from isidorus.web import i18n
@@ -71,7 +71,8 @@ class Pages(Views):
         found = [s for s in access.installed_services(self.db) if s.state == "installed"]
         statuses = await run_in_threadpool(self.board.cached, found)
         shown = [(s, statuses.get(s.id, Status("unknown", ""))) for s in found]
-        return self.page(request, "public.html", services=shown)
+        offsite = monitoring.last_offsite_copy(self.db)
+        return self.page(request, "public.html", services=shown, offsite=offsite)
 
     async def login_form(self, request: Request) -> Response:
         csrf = request.cookies.get(CSRF_COOKIE) or os.urandom(16).hex()
