@@ -15,7 +15,8 @@ and the night goes on with the next, since each saves something on its own:
 6. sync    every configured remote: after prune and gc, so each home receives the night's
            final state once;
 7. verify  a sample of the local store, read back and checked;
-8. notify  the failures, and what the checks of `doctor` find serious.
+8. certificates  the services' certificates that are due, renewed (ACME, or self-signed);
+9. notify  the failures, and what the checks of `doctor` find serious.
 
 Only one nightly job runs at a time (a lock in the data directory). A night cut short
 leaves its run "running" in the history: the next one marks it interrupted and does
@@ -49,7 +50,7 @@ from isidorus.ops.jobs_config import JobsConfig
 from isidorus.ops.offsite import sync
 from isidorus.ops.runs import Run, Step
 from isidorus.services import databases, installed, lifecycle
-from isidorus.services.errors import ServiceError
+from isidorus.services.errors import NothingToSave, ServiceError
 from isidorus.settings import Remote
 from isidorus.state.db import Database
 from isidorus.system.errors import HostError
@@ -161,6 +162,7 @@ def run_nightly(
             _prune_and_gc(night, ref)
             _sync(night, ref)
             _verify(night, ref)
+        _certificates(night)
         result = runs.get_run(db, night.run_id)
         failed = [s for s in result.steps if s.status == "failed"]
         status = "failed" if failed else "ok"
@@ -256,7 +258,11 @@ def _save_services(night: Night, ref: StoreRef) -> None:
                     if step.status == "failed":
                         continue  # a snapshot without its dumps would not restore
                 with _step(night, "backup", service.id) as step:
-                    done = snapshot_service(ref, tools, service, dumps, night.tell, tags=(TAG,))
+                    try:
+                        done = snapshot_service(ref, tools, service, dumps, night.tell, tags=(TAG,))
+                    except NothingToSave as exc:
+                        step.status, step.error = "skipped", str(exc)
+                        continue
                     _figures(step, done.result)
                     if done.result.partial:
                         raise StepFailed(_partial(done.result))
@@ -357,6 +363,23 @@ def _verify(night: Night, ref: StoreRef) -> None:
                 f"the store is damaged ({first}): `isidorus backup verify` and docs/backup.md "
                 "say how to repair it from a home's copy"
             )
+
+
+def _certificates(night: Night) -> None:
+    """Renew the services' certificates that are due (ACME's within 30 days)."""
+    from isidorus.ops.certificates import renew
+
+    if str(night.conf["services_tls"]) == "none":
+        return
+    with night.db.read() as conn:
+        if not installed.all_installed(conn):
+            return
+    with _step(night, "certificates") as step:
+        done = renew(night.db, night.data_dir, "nightly", night.tell)
+        step.detail = {"renewed": [c.domain for c in done if c.renewed]}
+        problems = [c.problem for c in done if c.problem]
+        if problems:
+            raise StepFailed("; ".join(problems))
 
 
 def _figures(step: Step, result: Any) -> None:

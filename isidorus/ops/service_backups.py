@@ -33,7 +33,7 @@ from isidorus.ops.accounts import audit
 from isidorus.ops.backups import StoreRef, create_backup, init_store, opened
 from isidorus.ops.database import read_config
 from isidorus.services import databases, installed, lifecycle
-from isidorus.services.errors import ServiceError
+from isidorus.services.errors import NothingToSave, ServiceError
 from isidorus.services.installed import Installed
 from isidorus.services.manifest import Manifest
 from isidorus.services.render import Placement
@@ -249,7 +249,7 @@ def snapshot_service(
     if dumps is not None:
         paths.append(dumps)
     if not paths:
-        raise ServiceError(
+        raise NothingToSave(
             f"{manifest.id} has nothing to back up: no path of its manifest's [data] exists"
         )
     say(f"backing up {manifest.id} {found.version} into {ref.location}")

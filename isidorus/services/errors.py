@@ -20,5 +20,9 @@ class ServiceError(IsidorusError):
     pass
 
 
+class NothingToSave(ServiceError):
+    """A service whose manifest names no data, or whose data does not exist yet."""
+
+
 class NotInstalled(ServiceError, NotFoundError):
     http_status = 404

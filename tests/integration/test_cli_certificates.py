@@ -176,3 +176,26 @@ def test_a_certificate_from_the_ca_after_a_self_signed_one(stack, ca):
     r = cli(stack, "service", "list", env={"ISIDORUS_ACME_EMAIL": ""}, check=False)
     assert_one_line_error(r, "acme_email", "ISIDORUS_ACME_EMAIL")
     cli(stack, "service", "remove", "hello", "--purge")
+
+
+def test_the_nightly_job_renews_what_is_due(stack, ca, tmp_path):
+    (stack.services_dir / "hello.toml").write_text(HELLO.format(port=free_port()))
+    closed = f"https://127.0.0.1:{free_port()}/dir"
+    cli(stack, "service", "install", "hello", "--domain", DOMAIN, ca_at=closed)
+    assert certificates(stack)[1][0]["issuer"] == "self-signed"
+    secret = tmp_path / "backup.passphrase"
+    secret.write_text("the host's own backups\n")
+    config = tmp_path / "isidorus.toml"
+    config.write_text(f'[nightly]\npaths = ["{stack.services_dir}"]\nverify_percent = 0\n')
+    env = {
+        "ISIDORUS_CONFIG": str(config),
+        "ISIDORUS_BACKUP_STORE": str(tmp_path / "store"),
+        "ISIDORUS_BACKUP_PASSPHRASE_FILE": str(secret),
+    }
+    doc = json.loads(cli(stack, "nightly", "--json", env=env).out)
+    step = next(s for s in doc["steps"] if s["step"] == "certificates")
+    assert (step["status"], step["detail"]["renewed"]) == ("ok", [DOMAIN])
+    assert certificates(stack)[1][0]["issuer"] == "acme"
+    root = ca.root().public_bytes(serialization.Encoding.PEM).decode()
+    trust = ssl.create_default_context(cadata=root)
+    assert served(stack, trust) == der(stack.root / "tls" / f"{DOMAIN}.crt")
