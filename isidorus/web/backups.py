@@ -51,7 +51,12 @@ def step_word(step: str) -> str:
         "sync": pgettext("job step", "copy off site"),
         "verify": pgettext("job step", "verify"),
         "notify": pgettext("job step", "notify"),
+        "certificates": pgettext("job step", "certificates"),
+        "snapshot": pgettext("job step", "snapshot"),
+        "apt": pgettext("job step", "packages"),
         "upgrade": pgettext("job step", "upgrade"),
+        "health": pgettext("job step", "health check"),
+        "rollback": pgettext("job step", "way back"),
     }
     return words.get(step, step)
 
@@ -189,16 +194,21 @@ def growth_chart(points: list[GrowthPoint]) -> Chart | None:
 
 
 def _nice(value: float) -> float:
-    """A round top for the axis, at or above `value`: 1, 2 or 5 times a power of ten."""
+    """A round top for the size axis, at or above `value`: 1, 2, 4 or 8 times a power of
+    1024 times a power of ten, so that the ticks read 0, 1.0 MiB, 2.0 MiB…"""
     if value <= 0:
-        return 1.0
+        return 1024.0
+    unit = 1.0
+    while value >= unit * 1024 and unit < 1024**4:
+        unit *= 1024
+    mantissa = value / unit
     power = 1.0
-    while power * 10 <= value:
+    while power * 10 <= mantissa:
         power *= 10
-    for step in (1, 2, 5, 10):
-        if step * power >= value:
-            return step * power
-    return 10 * power
+    for step in (1, 2, 4, 8, 10):
+        if step * power >= mantissa:
+            return step * power * unit
+    return 10 * power * unit
 
 
 # -- a file streamed out of a snapshot
