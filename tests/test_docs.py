@@ -210,3 +210,36 @@ def test_the_catalog_table_lists_every_built_in_service():
 
     for service_id, entry in catalog.entries().items():
         assert f"| {service_id} | {', '.join(entry.manifest.replaces)} |" in SERVICES_GUIDE
+
+
+OPERATIONS_GUIDE = (ROOT / "docs" / "operations.md").read_text()
+OPERATIONS = [
+    item
+    for name in ("nightly", "jobs", "doctor", "notify", "schedule")
+    for item in [(f"isidorus {name}", _command(cli, name))]
+    + (
+        _commands(_command(cli, name), f"isidorus {name}")  # type: ignore[arg-type]
+        if isinstance(_command(cli, name), click.Group)
+        else []
+    )
+]
+
+
+@pytest.mark.parametrize(("name", "cmd"), OPERATIONS, ids=[n for n, _ in OPERATIONS])
+def test_every_operations_command_has_help_and_docs(name, cmd):
+    assert cmd.help, f"{name} has no help"
+    assert name in OPERATIONS_GUIDE, f"docs/operations.md does not mention `{name}`"
+
+
+def test_the_operations_guide_covers_every_key_and_check():
+    from isidorus.ops import doctor, jobs_config
+
+    assert "(docs/operations.md)" in (ROOT / "README.md").read_text()
+    for key in ("time", "random_delay", "paths", "excludes", "remotes", "verify_percent", "keep"):
+        assert f"`nightly.{key}`" in OPERATIONS_GUIDE, key
+    for key in jobs_config.NotifyConfig.__dataclass_fields__:
+        assert f"`notify.{key}`" in OPERATIONS_GUIDE, key
+    checks = {"disk", "certificate", "service", "backup", "remote", "clock", "dns", "updates"}
+    for check in checks | {"notify"}:
+        assert f"| `{check}` |" in OPERATIONS_GUIDE, check
+    assert set(doctor.SEVERITIES) <= {w.strip("`(),") for w in OPERATIONS_GUIDE.split()}
