@@ -12,6 +12,7 @@ import os
 import queue
 import re
 import threading
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO, cast
@@ -226,9 +227,15 @@ class _Channel:
         self.items: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=4)
         self.gone = threading.Event()
 
+    # a response that never takes what is read (a HEAD, a stalled browser) lets go of
+    # the store after this long
+    STALLED = 120.0
+
     def put(self, kind: str, value: Any) -> None:
+        give_up = time.monotonic() + self.STALLED
         while True:
-            if self.gone.is_set():
+            if self.gone.is_set() or time.monotonic() > give_up:
+                self.gone.set()
                 raise _Gone
             try:
                 self.items.put((kind, value), timeout=1.0)

@@ -22,6 +22,7 @@ from starlette.routing import Route
 
 from isidorus import settings
 from isidorus.accounts.errors import AccountError
+from isidorus.errors import IsidorusError
 from isidorus.ops import monitoring, runs
 from isidorus.ops import service_access as access
 from isidorus.ops import tokens as ops_tokens
@@ -50,7 +51,11 @@ class HostCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         conf = settings.load()
-        remotes = settings.load_remotes(settings.config_path())
+        try:
+            remotes = settings.load_remotes(settings.config_path())
+        except IsidorusError as exc:  # a broken file: the history still tells the copies
+            log.warning("/metrics: %s", exc)
+            remotes = {}
         seen = monitoring.overview(self.db, conf, remotes, self.watch)
         yield from self._backups(seen)
         yield from self._copies(seen)

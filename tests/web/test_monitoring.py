@@ -509,3 +509,24 @@ def test_the_public_page_without_any_copy(host):  # noqa: F811
     with TestClient(create_app(host, list_services=FakeStatus()), base_url="http://x") as c:
         c.cookies.set("isidorus_lang", "fr")
         assert "Aucune copie n'a encore été gardée hors site." in html.unescape(c.get("/").text)
+
+
+def test_a_run_under_way(world, app, admin, token):
+    running = runs.begin(world.db, "nightly")
+    m = metrics_of(scrape(app, token).text)
+    assert m[("isidorus_run_running", (("kind", "nightly"),))] == 1
+    # the latest finished run is still the one told
+    assert m[("isidorus_run_last_errors", (("kind", "nightly"),))] == 1
+    page = admin.get(f"/admin/jobs/{running}").text
+    assert '<meta http-equiv="refresh" content="10">' in page
+    assert "No step has ended yet." in page
+    assert "running" in admin.get("/admin/jobs").text
+
+
+def test_a_broken_configuration_does_not_stop_the_metrics(world, app, token):
+    with open(os.environ["ISIDORUS_CONFIG"], "a") as f:
+        f.write("[remotes.zed]\nurl = 3\n")
+    r = scrape(app, token)
+    assert r.status_code == 200
+    m = metrics_of(r.text)  # the copies are still known from the history
+    assert m[("isidorus_sync_last_ok", (("remote", "anna"),))] == 1

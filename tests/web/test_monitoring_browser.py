@@ -70,9 +70,7 @@ def test_the_admin_takes_a_file_back_and_reads_a_night(browser, world, tmp_path)
             # the first snapshot, then down its folders to the file
             first = world.results[0].snapshot
             page.get_by_role("link", name=first.short_id).click()
-            expect(page.get_by_role("heading", level=1)).to_have_text(
-                f"Snapshot {first.short_id}"
-            )
+            expect(page.get_by_role("heading", level=1)).to_have_text(f"Snapshot {first.short_id}")
             admin.check()
             for part in [p for p in str(world.src).split("/") if p] + ["srv"]:
                 page.get_by_role("link", name=f"{part}/", exact=True).click()
