@@ -95,7 +95,9 @@ def _told(step: Step) -> str:
         return str(d.get("reason", ""))
     if step.step == "snapshot" and step.target == "packages":
         found = d.get("packages", {})
-        return ", ".join(f"{n} {v['installed'] or '(new)'}" for n, v in found.items())
+        return ", ".join(
+            f"{n} {v['installed'] or '(new)'} -> {v['candidate']}" for n, v in found.items()
+        )
     if step.step == "snapshot":
         return f"snapshot {str(d.get('snapshot', ''))[:8]} of {d.get('version', '')}"
     if step.step == "apt":

@@ -171,7 +171,7 @@ def summary(run: Run, status: str | None = None) -> str:
         if s.status == "failed" and not (s.step == "health" and s.target in back)
     ]
     if back:
-        parts.append(f"rolled back: {', '.join(back)}")
+        parts.append(f"rolled back, healthy again: {', '.join(back)}")
     if failed:
         parts.append(f"failed: {', '.join(failed)}")
     return f"update failed: {'; '.join(parts)}"
@@ -239,10 +239,16 @@ class _Update:
         if self.security_only:
             self.tell("security updates only: services are not upgraded")
         _refresh(self.tell)
-        pending = packages.apt_upgradable()
-        if self.security_only:
-            pending = [u for u in pending if u.security]
-        plan = packages.apt_upgrade_plan([u.name for u in pending])
+        try:
+            pending = packages.apt_upgradable()
+            if self.security_only:
+                pending = [u for u in pending if u.security]
+            plan = packages.apt_upgrade_plan([u.name for u in pending])
+        except HostError as exc:  # no way back can be recorded: nothing is done
+            with self.step("snapshot", "packages"):
+                raise StepFailed(str(exc)) from None
+            self.tell("nothing was changed: apt cannot tell what it would upgrade")
+            return
         upgrades = [] if self.security_only else _service_updates(self.db, self.conf)
         if not plan and not upgrades:
             self.tell("nothing to update")
@@ -272,7 +278,7 @@ class _Update:
                 }
                 self.tell(
                     "will upgrade "
-                    + ", ".join(f"{u.name} {u.installed or '(new)'} → {u.candidate}" for u in plan)
+                    + ", ".join(f"{u.name} {u.installed or '(new)'} -> {u.candidate}" for u in plan)
                 )
             ok = step.status == "ok"
         found = self.services()
@@ -332,7 +338,7 @@ class _Update:
                 }
             self.tell(
                 "upgraded "
-                + (", ".join(f"{n} {o} → {v}" for n, (o, v) in self.changed.items()) or "nothing")
+                + (", ".join(f"{n} {o} -> {v}" for n, (o, v) in self.changed.items()) or "nothing")
             )
 
     def upgrade(self, service: ServiceUpdate) -> None:
@@ -365,7 +371,7 @@ class _Update:
                     mine = [p for p in s.manifest.source.debian if p in self.changed]
                     if mine:
                         broken.append(s)
-                        raise StepFailed(f"{problem}; after the upgrade of {', '.join(mine)}")
+                        raise StepFailed(f"after the upgrade of {', '.join(mine)}: {problem}")
                     raise StepFailed(
                         f"{problem}; none of its Debian packages changed in this update: "
                         f"see `isidorus service logs {s.id}`"

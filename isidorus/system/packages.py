@@ -455,8 +455,13 @@ def _simulate(args: list[str]) -> list[Upgrade]:
     result = run(argv, env=APT_ENV, what="apt-get", check=False)
     if result.returncode != 0:
         raise HostError(f"apt-get {args[0]} cannot tell what it would do: {_apt_reason(result)}")
+    return parse_simulation(result.stdout)
+
+
+def parse_simulation(text: str) -> list[Upgrade]:
+    """The packages an `apt-get -s` output says apt would unpack, once each, in its order."""
     found: dict[str, Upgrade] = {}
-    for line in result.stdout.splitlines():
+    for line in text.splitlines():
         m = _INST.match(line)
         if m is None:
             continue
