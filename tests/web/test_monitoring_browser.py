@@ -77,6 +77,7 @@ def test_the_admin_takes_a_file_back_and_reads_a_night(browser, world, tmp_path)
             with page.expect_download() as waiting:
                 page.get_by_role("link", name="photo album.bin").click()
             download = waiting.value
+            page.screenshot(path=str(tmp_path / "folder.png"), full_page=True)
             assert download.suggested_filename == "photo album.bin"
             saved = tmp_path / "taken back.bin"
             download.save_as(saved)
@@ -90,6 +91,7 @@ def test_the_admin_takes_a_file_back_and_reads_a_night(browser, world, tmp_path)
             expect(page.get_by_role("heading", level=1)).to_have_text(f"Run {world.night2}")
             expect(page.get_by_text("Name or service not known").first).to_be_visible()
             expect(page.locator("pre.logs")).to_contain_text("the end <of> the night")
+            page.screenshot(path=str(tmp_path / "run.png"), full_page=True)
             admin.check()
         finally:
             admin.close()
