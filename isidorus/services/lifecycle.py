@@ -221,6 +221,11 @@ def install(
                 note(added)
                 journal.did(f"directory {d}", functools.partial(_rmtree, d))
 
+        for d in manifest.run.directories:
+            users.make_directory(
+                where.fill(d), where.user, 0o750
+            )  # inside data_dir: undone with it
+
         if manifest.source.pypi:
             step = "installing from PyPI"
             say(f"installing {', '.join(manifest.source.pypi)} into {where.data_dir}/env")

@@ -97,6 +97,18 @@ class Run(Strict):
     unit: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9@._-]+\.service$")] | None = None
     port: Annotated[int, Field(ge=1024, le=65535)]
     environment: dict[str, str] = {}
+    # folders the service needs and does not make itself, inside its data directory: made
+    # at install (and at an upgrade that brings new ones), owned by its user
+    directories: list[str] = []
+
+    @field_validator("directories")
+    @classmethod
+    def _directories(cls, v: list[str]) -> list[str]:
+        for d in v:
+            _check_placeholders(d)
+            if not d.startswith("{data_dir}/") or "/../" in d + "/":
+                raise ValueError(f"{d!r} must be a folder inside {{data_dir}}/")
+        return v
 
     @field_validator("command")
     @classmethod

@@ -3,6 +3,9 @@ templates rendered."""
 
 from __future__ import annotations
 
+import os
+import re
+import secrets
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +14,8 @@ import jinja2
 
 from isidorus.services.errors import ServiceError
 from isidorus.services.manifest import Manifest
+
+SECRET_NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 
 
 @dataclass(frozen=True)
@@ -60,14 +65,37 @@ def render_config(
     manifest: Manifest, templates: Path, where: Placement
 ) -> list[tuple[str, str, int]]:
     """(path, text, mode) of each configuration file. Templates are Jinja2, with the
-    placement's values as variables; an undefined variable is an error, not a blank."""
+    placement's values as variables; an undefined variable is an error, not a blank.
+
+    `secret(name)` in a template is a random token of this install, kept in
+    `{config_dir}/.secret-NAME` (one of the files returned the first time, then read
+    back), so that an upgrade renders the same key and sessions survive it."""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(templates / manifest.id)),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         autoescape=False,  # configuration files, not HTML
     )
-    out = []
+    out: list[tuple[str, str, int]] = []
+
+    def secret(name: str) -> str:
+        if not SECRET_NAME.match(name):
+            raise ServiceError(f"{manifest.id}: secret({name!r}): use letters, digits and '_'")
+        path = os.path.join(where.config_dir, f".secret-{name}")
+        for p, text, _ in out:
+            if p == path:
+                return text
+        try:
+            with open(path, encoding="utf-8") as f:
+                value = f.read().strip()
+        except FileNotFoundError:
+            value = ""
+        if not value:
+            value = secrets.token_urlsafe(32)
+        out.append((path, value, 0o640))
+        return value
+
+    env.globals["secret"] = secret
     for item in manifest.config:
         try:
             text = env.get_template(item.template).render(**where.values())

@@ -36,7 +36,7 @@ from isidorus.services.lifecycle import (
 )
 from isidorus.services.manifest import Manifest
 from isidorus.services.render import Placement, render_config
-from isidorus.system import packages
+from isidorus.system import packages, users
 from isidorus.system.errors import HostError
 
 Say = Callable[[str], None]
@@ -120,6 +120,8 @@ def upgrade(
             _swap_in(built, final, journal)
 
         step = "writing the configuration"
+        for d in new.run.directories:  # a new version's new folders; kept on the way back
+            users.make_directory(where.fill(d), where.user, 0o750)
         for path, text, mode in render_config(new, templates, where):
             _write_config(path, text, mode, where.user, journal)
 

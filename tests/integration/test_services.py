@@ -347,3 +347,41 @@ def test_an_install_killed_midway_is_purged_by_remove(stack):
     assert not list(conf.glob("*slowsvc*"))
     assert subprocess.run(["pgrep", "-f", "/bin/sleep 1000"], capture_output=True).returncode
     assert listed(stack) == {}
+
+
+def test_bepasty_from_pypi_shares_a_text_among_the_family(stack):
+    wait_until_bindable(5010)  # bepasty's port (its manifest)
+    doc = json.loads(
+        stack.isidorus("service", "install", "bepasty", "--allow", "family", "--json").out
+    )
+    assert doc["state"] == "running" and doc["health"] == "ok", doc
+    paste = f"bepasty.{DOMAIN}"
+    assert stack.get(paste, "/", "alice").status_code == 200
+    assert stack.get(paste, "/", "bob").status_code == 403  # friends, not family
+
+    # its configuration rendered, with a secret key of its own kept beside it
+    conf = (stack.root / "etc" / "bepasty" / "bepasty.conf").read_text()
+    secret = stack.root / "etc" / "bepasty" / ".secret-secret_key"
+    assert f'SECRET_KEY = "{secret.read_text()}"' in conf and len(secret.read_text()) >= 40
+    assert oct(secret.stat().st_mode & 0o777) == "0o640"
+    storage = stack.root / "data" / "bepasty" / "storage"
+    assert pwd.getpwuid(storage.stat().st_uid).pw_name == "bepasty"
+
+    # alice leaves a text, and finds it again at the address bepasty gave
+    cookie = {"Cookie": f"isidorus_session={stack.login('alice')}"}
+    host = {"Host": f"{paste}:{stack.nginx.http_port}"}
+    with httpx2.Client(timeout=30) as client:
+        r = client.post(
+            f"http://127.0.0.1:{stack.nginx.http_port}/+upload",
+            headers={**cookie, **host},
+            data={"text": "shared by alice\n", "filename": "note.txt", "contenttype": "text/plain"},
+        )
+    assert r.status_code in (302, 303), r.text
+    item = r.headers["location"].split("#", 1)[0].rsplit("/", 1)[-1]
+    got = stack.get(paste, f"/{item}/+download", "alice")
+    assert (got.status_code, got.text) == (200, "shared by alice\n")
+    assert stack.get(paste, f"/{item}/+download", "bob").status_code == 403
+
+    stack.isidorus("service", "remove", "bepasty", "--purge")
+    assert stack.get(paste, "/", "alice").status_code == 404
+    assert not secret.exists() and not storage.exists()

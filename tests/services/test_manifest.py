@@ -67,6 +67,8 @@ def test_the_built_in_catalog_is_valid_and_covers_the_big_replacements():
         ("health.tcp", True, "exactly one check"),
         ("health.timeout", 0, "health.timeout: Input should be greater than or equal to 1"),
         ("data.paths", ["relative/dir"], "must be absolute"),
+        ("run.directories", ["/srv/x"], "must be a folder inside {data_dir}/"),
+        ("run.directories", ["{data_dir}/../etc"], "must be a folder inside {data_dir}/"),
     ],
 )
 def test_a_bad_field_is_one_line_naming_it(path, value, words):
