@@ -212,11 +212,12 @@ def apt_upgrade_plan(names: Sequence[str]) -> list[Upgrade]:
 
 def apt_refresh() -> None:
     """`apt-get update`, now (under isidorus's apt lock): what an update needs to see the
-    mirror's new versions. HostError names apt's reason when a source cannot be read."""
+    mirror's new versions. HostError names apt's reason when a source cannot be read; the
+    apt runs of this process that follow then use the lists of before."""
     global _updated
     with _apt_lock():
+        _updated = True  # failed or not: the installs that follow do not try again
         _apt_get(["update"])
-        _updated = True
 
 
 @contextlib.contextmanager

@@ -205,12 +205,27 @@ def test_a_service_its_package_upgrade_breaks_goes_back(stack: Stack, repo):
         == [(WEB, "1.0", "1.1", True)]  # fmt: skip
     assert doc["services"] == [{"id": "toynotes", "version": "1.0", "catalog_version": "1.1"}]
 
+    # backups configured, but one cannot be taken: nothing changes
+    secret.write_text("")
+    r = stack.isidorus("update", "apply", "--security-only", "--json", check=1)
+    doc = json.loads(r.out)
+    assert steps(doc) == [
+        ("snapshot", "packages", "ok"),
+        ("snapshot", "toynotes", "failed"),
+        ("snapshot", "toyweb", "failed"),
+    ]
+    assert "passphrase file" in doc["steps"][1]["error"] and "is empty" in doc["steps"][1]["error"]
+    assert "nothing was changed: a snapshot failed" in r.err
+    assert r.err.splitlines()[-1].endswith("failed: snapshot toynotes, snapshot toyweb (run 1)")
+    assert installed_version(WEB) == "1.0"
+    secret.unlink()
+
     # security only, without backups: no service upgrade, no snapshot of the data
     r = stack.isidorus("update", "apply", "--security-only", check=1)
     assert "no backup taken" in r.err
     last = r.err.splitlines()[-1]
     assert last.startswith("isidorus: error: update failed: 1 Debian package(s) upgraded")
-    assert last.endswith("; rolled back, healthy again: toyweb (run 1)")
+    assert last.endswith("; rolled back, healthy again: toyweb (run 2)")
     table = [ln.split()[:3] for ln in r.out.splitlines()]
     assert table == [
         ["snapshot", "packages", "ok"],
@@ -272,8 +287,8 @@ def test_a_service_its_package_upgrade_breaks_goes_back(stack: Stack, repo):
     assert [s["id"] for s in kept] == [snapshot]
 
     history = update_runs(stack.data_dir)
-    assert [h.status for h in history] == ["failed", "failed"]
-    assert [s.step for s in history[1].steps if s.status == "failed"] == ["health"]
+    assert [h.status for h in history] == ["failed", "failed", "failed"]
+    assert [s.step for s in history[2].steps if s.status == "failed"] == ["health"]
     audit = stack.run("audit", "--json", "--data-dir", stack.data_dir).out
     assert '"update.failed"' in audit and '"update.start"' in audit
     for sid in ("toyweb", "toynotes"):
@@ -301,6 +316,23 @@ def test_bad_input_and_busy_locks_are_one_line(run, repo, host):
     ), p
 
     repo.install(f"{PLAIN}=1.0")
+    # a source that cannot be read: one warning, and the lists of before
+    broken = repo.root / "broken.conf"
+    broken.write_text(
+        repo.config.read_text().replace(str(repo.root / "sources.list"), str(broken) + ".list")
+    )
+    Path(str(broken) + ".list").write_text(
+        (repo.root / "sources.list").read_text()
+        + "deb [trusted=yes] file:/nonexistent/isidorus ./\n"
+    )
+    r = run("update", "check", "--json", "--data-dir", data_dir,
+            env={**env, "ISIDORUS_APT_CONFIG": str(broken)})  # fmt: skip
+    doc = json.loads(r.out)
+    assert doc["refreshed"] is False and [p["name"] for p in doc["packages"]] == [PLAIN]
+    warned = [ln for ln in r.err.splitlines() if ln.startswith("warning: ")]
+    assert len(warned) == 1 and "apt's lists could not be refreshed" in warned[0], r.err
+    assert "/nonexistent/isidorus" in warned[0]
+
     before = len(update_runs(data_dir))
     with held(UPDATE_LOCK, fcntl.flock, write_pid=True):
         r = run("update", "apply", "--data-dir", data_dir, env=env, check=1)
