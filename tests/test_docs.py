@@ -235,7 +235,8 @@ def test_the_operations_guide_covers_every_key_and_check():
     from isidorus.ops import doctor, jobs_config
 
     assert "(docs/operations.md)" in (ROOT / "README.md").read_text()
-    for key in ("time", "random_delay", "paths", "excludes", "remotes", "verify_percent", "keep"):
+    for key in jobs_config.NightlyConfig.__dataclass_fields__:
+        key = {"hour": "time", "minute": "time"}.get(key, key)
         assert f"`nightly.{key}`" in OPERATIONS_GUIDE, key
     for key in jobs_config.NotifyConfig.__dataclass_fields__:
         assert f"`notify.{key}`" in OPERATIONS_GUIDE, key

@@ -9,6 +9,7 @@ saves and where it sends it, when it runs, and whom isidorus tells when somethin
     remotes = ["anna", "marc"]  # names of [remotes.NAME]; absent: every one
     verify_percent = 5          # of the packs, read back each night
     keep = { daily = 7, weekly = 4, monthly = 12 }
+    security_updates = false    # true: Debian's security updates after the backups
 
     [notify]
     urls = ["mailto://user:pass@smtp.example.org?to=admin@example.org"]
@@ -49,6 +50,7 @@ class NightlyConfig:
     remotes: tuple[str, ...] | None = None  # None: every configured remote
     verify_percent: float = 5.0
     keep: KeepPolicy = field(default_factory=lambda: DEFAULT_KEEP)
+    security_updates: bool = False  # apply Debian's security updates after the backups
 
     @property
     def time(self) -> str:
@@ -110,10 +112,14 @@ def _nightly(raw: Mapping[str, tuple[str, Any]]) -> NightlyConfig:
             values["verify_percent"] = _number(value, where, 0, 100)
         elif key == "keep":
             values["keep"] = _keep(value, where)
+        elif key == "security_updates":
+            if not isinstance(value, bool):
+                raise UsageError(f"{where}: write true or false")
+            values[key] = value
         else:
             raise UsageError(
                 f"{where}: unknown key; [nightly] takes time, random_delay, paths, excludes, "
-                "remotes, verify_percent, keep"
+                "remotes, verify_percent, keep, security_updates"
             )
     return NightlyConfig(**values)
 

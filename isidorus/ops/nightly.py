@@ -9,6 +9,8 @@ and the night goes on with the next, since each saves something on its own:
            restore` takes it back alone);
 3. backup  the system: the configured paths and isidorus's data directory, without the
            services' data (already saved), the store itself, and the live state files;
+   updates with `security_updates`, Debian's security updates (`isidorus update apply
+           --security-only`: its own run, health checks and way back);
 4. prune   the nightly snapshots the retention does not keep;
 5. gc      the data no snapshot needs any more (skipped when another process uses the
            store: the next night does it);
@@ -159,6 +161,7 @@ def run_nightly(
             _save_state(night)
             _save_services(night, ref)
             _save_system(night, ref)
+            _security_updates(night)
             _prune_and_gc(night, ref)
             _sync(night, ref)
             _verify(night, ref)
@@ -301,6 +304,26 @@ def _save_system(night: Night, ref: StoreRef) -> None:
         _figures(step, result)
         if result.partial:
             raise StepFailed(_partial(result))
+
+
+def _security_updates(night: Night) -> None:
+    """With `security_updates`, Debian's security updates, the night's snapshots being
+    the backup before them; an update run of its own (its steps, its way back)."""
+    if not night.jobs.nightly.security_updates:
+        return
+    from isidorus.ops.updates import apply_updates
+
+    with _step(night, "updates") as step:
+        done = apply_updates(
+            night.db, night.data_dir, security_only=True, actor="nightly", say=night.tell
+        )
+        step.detail = {"run": done.id, "status": done.status}
+        if done.status != "ok":
+            failed = [f"{s.step} {s.target}".strip() for s in done.steps if s.status == "failed"]
+            raise StepFailed(
+                f"the security updates (run {done.id}) failed at: {', '.join(failed)}; "
+                f"`isidorus jobs {done.id}` tells more"
+            )
 
 
 def _prune_and_gc(night: Night, ref: StoreRef) -> None:

@@ -119,6 +119,7 @@ excludes = ["*.tmp"]
 remotes = ["anna"]
 verify_percent = 10
 keep = { daily = 3, monthly = 2 }
+security_updates = true
 
 [notify]
 urls = ["mailto://a:b@smtp.example.org"]
@@ -138,6 +139,7 @@ digest = true
         ("/etc", "/srv"), ("*.tmp",), ("anna",), 10.0,
     )  # fmt: skip
     assert (n.keep.daily, n.keep.monthly, n.keep.weekly) == (3, 2, 0)
+    assert n.security_updates
     assert jobs.notify.digest and jobs.notify.disk_percent == 80
     assert jobs.notify.certificate_days == 7.5
 
@@ -158,6 +160,7 @@ digest = true
         ('[notify]\ndigest = "yes"\n', ["notify.digest", "true or false"]),
         ("[notify]\ndisk_percent = 0\n", ["notify.disk_percent", "1 to 100"]),
         ("[notify]\nemail = 1\n", ["notify.email", "unknown key"]),
+        ('[nightly]\nsecurity_updates = "yes"\n', ["nightly.security_updates", "true or false"]),
         ('nightly = "03:00"\n', ["must be a table"]),
     ],
 )
