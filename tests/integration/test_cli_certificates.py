@@ -5,6 +5,7 @@ be reached succeeds with a self-signed certificate and one warning; `service cer
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import shutil
@@ -16,7 +17,7 @@ from pathlib import Path
 import httpx2
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 
 from isidorus.system.nginx import ACME_DIR
 from tests.integration import test_services
@@ -199,3 +200,31 @@ def test_the_nightly_job_renews_what_is_due(stack, ca, tmp_path):
     root = ca.root().public_bytes(serialization.Encoding.PEM).decode()
     trust = ssl.create_default_context(cadata=root)
     assert served(stack, trust) == der(stack.root / "tls" / f"{DOMAIN}.crt")
+
+    # doctor: a certificate ending soon is a warning, one that has ended is critical
+    cert_file = stack.root / "tls" / f"{DOMAIN}.crt"
+    for days, severity, words in ((5, "warning", "ends on"), (-1, "critical", "ended on")):
+        ending(cert_file, stack.root / "tls" / f"{DOMAIN}.key", days)
+        found = json.loads(cli(stack, "doctor", "--json", env=env, check=1).out)["findings"]
+        mine = [f for f in found if f["check"] == "certificate"]
+        assert [f["severity"] for f in mine] == [severity], mine
+        assert words in mine[0]["message"] and "--renew" in mine[0]["fix"]
+
+
+def ending(cert_file: Path, key_file: Path, days: int) -> None:
+    """Replace the domain's certificate by one of the same key that ends in `days` days."""
+    key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, DOMAIN)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())  # type: ignore[arg-type]
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=30))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(DOMAIN)]), critical=False)
+        .sign(key, hashes.SHA256())  # type: ignore[arg-type]
+    )
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
