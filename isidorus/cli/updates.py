@@ -88,11 +88,9 @@ def update_apply(security_only: bool, as_json: bool, data_dir: str | None) -> in
 
 def _told(step: Step) -> str:
     """What a step did, in a few words."""
-    if step.status == "failed":
-        return step.error
+    if step.status != "ok":
+        return step.error  # what failed, or why it was skipped
     d: dict[str, Any] = step.detail
-    if step.status == "skipped":
-        return str(d.get("reason", ""))
     if step.step == "snapshot" and step.target == "packages":
         found = d.get("packages", {})
         return ", ".join(

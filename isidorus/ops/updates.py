@@ -51,7 +51,7 @@ LOCK_PATH = "/run/lock/isidorus-update.lock"
 
 
 class UpdateError(IsidorusError):
-    """An update cannot start: another one runs, or apt is busy."""
+    """An update cannot start: another one runs."""
 
 
 class StepFailed(Exception):
@@ -120,14 +120,16 @@ def apply_updates(db: Database, data_dir: str, *, security_only: bool, actor: st
     alone, and no service upgrade), step by step as the module says, recording the run in
     the jobs history; returns the finished run: "ok" when every step was, else "failed"
     (a service rolled back is a failed health step). Needs root (UsageError). Before the
-    run starts: UpdateError when another update runs or another program holds apt's lock
-    (it is not waited for); UsageError for a bad `apt_config`."""
+    run starts: UpdateError when another update runs; HostTimeout when another program
+    holds apt's lock for longer than packages.APT_LOCK_WAIT; UsageError for a bad
+    `apt_config`."""
     require_root()
     conf = settings.load()
     with _only_one(), _apt_configured(conf):
         busy = packages.apt_busy()
-        if busy:
-            raise UpdateError(f"apt is busy: {busy}; let it finish, then retry")
+        if busy:  # unattended-upgrades, an apt in a shell: their end is waited for
+            say(f"waiting for apt, up to {packages.APT_LOCK_WAIT:.0f} s: {busy}")
+            packages.wait_for_apt()
         update = _Update(db, data_dir, conf, actor, say, security_only)
         update.run_id = runs.begin(db, "update")
         with db.write() as conn:
@@ -293,7 +295,7 @@ class _Update:
             self.tell(why)
             for s in found:
                 with self.step("snapshot", s.id) as step:
-                    step.status, step.detail = "skipped", {"reason": why}
+                    step.status, step.error = "skipped", why
             return ok
         ref = None
         for s in found:
@@ -302,7 +304,7 @@ class _Update:
                     ref = service_backups.store_ref(self.conf, create=True)
                 if not self._has_data(s):
                     step.status = "skipped"
-                    step.detail = {"reason": "nothing to back up: no path of its [data] exists"}
+                    step.error = "nothing to back up: no path of its [data] exists"
                     self.tell(f"{s.id}: nothing to back up yet")
                     continue
                 with service_backups.changing(s.id):

@@ -239,6 +239,19 @@ def apt_config(path: str) -> Iterator[None]:
             APT_ENV["APT_CONFIG"] = had
 
 
+def wait_for_apt() -> None:
+    """Return once no other process holds apt's lock or isidorus's (see apt_busy), waiting
+    up to APT_LOCK_WAIT seconds; then HostTimeout names the holder."""
+    deadline = time.monotonic() + APT_LOCK_WAIT
+    while busy := apt_busy():
+        if time.monotonic() >= deadline:
+            raise HostTimeout(
+                f"apt is busy: {busy}, for {APT_LOCK_WAIT:.0f} s now; let it finish (or stop "
+                "it), then retry"
+            )
+        time.sleep(0.5)
+
+
 def apt_busy() -> str:
     """Who holds apt's lock (dpkg's frontend lock) or isidorus's own apt lock now, in
     words ("process 812 (unattended-upgr) holds /var/lib/dpkg/lock-frontend"); "" when no

@@ -5,11 +5,13 @@ back at the version of before, and the runs in the jobs history."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -18,8 +20,10 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from isidorus.ops import runs
+from isidorus.ops import runs, updates
 from isidorus.ops.accounts import open_state
+from isidorus.system import packages
+from isidorus.system.errors import HostTimeout
 from tests.integration import test_services
 from tests.integration.conftest import ISIDORUS, TIMEOUT, Isidorus, assert_one_line_error
 from tests.integration.servers import free_port
@@ -295,7 +299,7 @@ def test_a_service_its_package_upgrade_breaks_goes_back(stack: Stack, repo):
         stack.isidorus("service", "remove", sid, "--purge")
 
 
-def test_bad_input_and_busy_locks_are_one_line(run, repo, host):
+def test_bad_input_and_busy_locks_are_one_line(run, repo, host, monkeypatch, tmp_path):
     data_dir, env = host
     r = run("update", "check", "--security-only", "--data-dir", data_dir, env=env, check=2)
     assert_one_line_error(r, "no such option", "--security-only")
@@ -334,35 +338,88 @@ def test_bad_input_and_busy_locks_are_one_line(run, repo, host):
     assert "/nonexistent/isidorus" in warned[0]
 
     before = len(update_runs(data_dir))
-    with held(UPDATE_LOCK, fcntl.flock, write_pid=True):
+    with held(UPDATE_LOCK):
         r = run("update", "apply", "--data-dir", data_dir, env=env, check=1)
     assert_one_line_error(r, "another isidorus update is running", f"pid {os.getpid()}")
-    with held(DPKG_LOCK, fcntl.lockf):
-        r = run("update", "apply", "--data-dir", data_dir, env=env, check=1)
-    assert_one_line_error(r, "apt is busy", f"process {os.getpid()} (", DPKG_LOCK)
-    assert installed_version(PLAIN) == "1.0"
     assert len(update_runs(data_dir)) == before  # refused before a run began
+
+    # another program holds apt's lock: the update waits for it, boundedly, then names it
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("ISIDORUS_CONFIG", str(tmp_path / "no-such-config.toml"))
+    monkeypatch.setattr(packages, "APT_LOCK_WAIT", 2.0)
+    said: list[str] = []
+    db = open_state(str(data_dir))
+    try:
+        with apt_held(600) as pid, pytest.raises(HostTimeout) as exc:
+            updates.apply_updates(db, str(data_dir), security_only=False, actor="test",
+                                  say=said.append)  # fmt: skip
+    finally:
+        db.close()
+    assert str(exc.value).startswith(f"apt is busy: process {pid} (python")
+    assert f"holds {DPKG_LOCK}, for 2 s now; let it finish" in str(exc.value)
+    assert "\n" not in str(exc.value) and said[0].startswith("waiting for apt, up to 2 s: ")
+    assert installed_version(PLAIN) == "1.0"
+    assert len(update_runs(data_dir)) == before
+
+    with apt_held(5) as pid:  # let go after 5 s: the update goes on then
+        r = run("update", "apply", "--data-dir", data_dir, env=env)
+    assert f"waiting for apt, up to 300 s: process {pid} (" in r.err
+    assert installed_version(PLAIN) == "1.1"
 
 
 class held:
-    """Hold a lock of this host for the block (waiting, boundedly, for another holder)."""
+    """Hold a flock of this host for the block, with this process's id in the file
+    (waiting, boundedly, for another holder)."""
 
-    def __init__(self, path: str, how, write_pid: bool = False) -> None:
-        self.path, self.how, self.write_pid = path, how, write_pid
+    def __init__(self, path: str) -> None:
+        self.path = path
 
     def __enter__(self) -> None:
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         deadline = time.monotonic() + 300
         while True:
             try:
-                self.how(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except OSError:
                 assert time.monotonic() < deadline, f"{self.path} stays held"
                 time.sleep(0.5)
-        if self.write_pid:
-            os.ftruncate(self.fd, 0)
-            os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
 
     def __exit__(self, *exc: object) -> None:
         os.close(self.fd)
+
+
+# a program that takes apt's lock as apt does (a POSIX lock on dpkg's frontend lock),
+# says so, and keeps it for ARGV[2] seconds
+HOLDER = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o640)
+deadline = time.monotonic() + 300  # another apt of this host may hold it for a while
+while True:
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        break
+    except OSError:
+        if time.monotonic() > deadline:
+            sys.exit("apt's lock stays held")
+        time.sleep(0.5)
+print("held", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+@contextlib.contextmanager
+def apt_held(seconds: float) -> Iterator[int]:
+    """Another program holds apt's lock for `seconds` (or until the block ends); its pid."""
+    p = subprocess.Popen([sys.executable, "-c", HOLDER, DPKG_LOCK, str(seconds)],
+                         stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert p.stdout is not None and p.stdout.readline() == "held\n"
+        yield p.pid
+    finally:
+        p.kill()
+        p.wait(timeout=TIMEOUT)
+        p.stdout.close()  # type: ignore[union-attr]
