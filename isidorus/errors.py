@@ -26,3 +26,11 @@ class UsageError(IsidorusError):
 class NotFoundError(IsidorusError):
     exit_code = 1
     http_status = 404
+
+
+def one_line(exc: BaseException) -> str:
+    """An error as one line (a step's error, a page's reason): an OSError's reason and
+    file, else its message with its white space folded."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}{f' {exc.filename}' if exc.filename else ''}"
+    return " ".join(str(exc).split()) or type(exc).__name__

@@ -342,11 +342,9 @@ def dns(db: Database, data_dir: str) -> list[Finding]:
 
 
 def updates(db: Database) -> list[Finding]:
-    try:
-        from isidorus.ops import updates as pending  # type: ignore[attr-defined, unused-ignore]
-    except ImportError:
-        return []
-    report = pending.check_updates(db)
+    from isidorus.ops.updates import check_updates
+
+    report = check_updates(db, refresh=False)  # the lists as the last refresh left them
     doc = report.to_json()
     packages = doc.get("packages", [])
     security = [p for p in packages if p.get("security")]

@@ -37,7 +37,7 @@ from isidorus.backup.remote.base import Backend
 from isidorus.backup.repository import Repository
 from isidorus.backup.restorer import lookup_path
 from isidorus.backup.types import Snapshot
-from isidorus.errors import IsidorusError, NotFoundError, UsageError
+from isidorus.errors import IsidorusError, NotFoundError, UsageError, one_line
 from isidorus.ops import runs
 from isidorus.ops.backups import StoreRef, open_backend, opened
 from isidorus.ops.runs import Run, Step
@@ -48,13 +48,6 @@ from isidorus.state.schema import run_steps
 
 OBJECT_KINDS = ("keys", "snapshots", "index", "data")
 LIVE_TIMEOUT = 15.0  # seconds a copy may take to answer a listing
-
-
-def one_line(exc: BaseException) -> str:
-    """An error as one line, for a page or a metric's reason."""
-    if isinstance(exc, OSError) and exc.strerror:
-        return f"{exc.strerror}{f' {exc.filename}' if exc.filename else ''}"
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 # -- stores

@@ -29,7 +29,6 @@ carries on where it stopped).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import glob
 import os
 import shutil
@@ -45,7 +44,7 @@ from isidorus.backup.gc import GcOptions
 from isidorus.backup.progress import NullProgress
 from isidorus.backup.sync import SyncOptions
 from isidorus.backup.verify import VerifyOptions
-from isidorus.errors import IsidorusError
+from isidorus.errors import IsidorusError, one_line
 from isidorus.ops import runs
 from isidorus.ops.backups import StoreRef, create_backup, gc, prune, verify
 from isidorus.ops.jobs_config import JobsConfig
@@ -56,6 +55,7 @@ from isidorus.services.errors import NothingToSave, ServiceError
 from isidorus.settings import Remote
 from isidorus.state.db import Database
 from isidorus.system.errors import HostError
+from isidorus.system.locks import only_one
 
 Say = Callable[[str], None]
 LOCK_FILE = "nightly.lock"
@@ -105,37 +105,21 @@ def _step(night: Night, step: str, target: str = "") -> Iterator[Step]:
         yield record
     except (IsidorusError, OSError, StepFailed) as exc:
         record.status = "failed"
-        record.error = _one_line(exc)
+        record.error = one_line(exc)
         night.tell(f"{step} {target}: failed: {record.error}".replace("  ", " "))
     record.seconds = time.monotonic() - began
     runs.add_step(night.db, night.run_id, record, night.log)
 
 
-def _one_line(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        where = f" {exc.filename}" if exc.filename else ""
-        return f"{exc.strerror}{where}"
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
-@contextlib.contextmanager
-def _only_one(data_dir: str) -> Iterator[None]:
+def _only_one(data_dir: str) -> contextlib.AbstractContextManager[None]:
     os.makedirs(data_dir, exist_ok=True)
-    fd = os.open(os.path.join(data_dir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            raise NightlyBusy(
-                f"a nightly job is already running (pid {holder}): let it finish; "
-                "`isidorus jobs` shows it"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
-    finally:
-        os.close(fd)
+
+    def busy(pid: str) -> NightlyBusy:
+        return NightlyBusy(
+            f"a nightly job is already running (pid {pid}): let it finish; `isidorus jobs` shows it"
+        )
+
+    return only_one(os.path.join(data_dir, LOCK_FILE), busy)
 
 
 def run_nightly(

@@ -23,7 +23,6 @@ a flock on LOCK_PATH.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -32,7 +31,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from isidorus import settings
-from isidorus.errors import IsidorusError, UsageError
+from isidorus.errors import IsidorusError, UsageError, one_line
 from isidorus.ops import runs, service_backups
 from isidorus.ops import services as services_
 from isidorus.ops.accounts import audit
@@ -44,6 +43,7 @@ from isidorus.services.installed import Installed
 from isidorus.state.db import Database
 from isidorus.system import packages
 from isidorus.system.errors import HostError
+from isidorus.system.locks import only_one
 from isidorus.system.packages import Upgrade
 
 Say = Callable[[str], None]
@@ -92,17 +92,18 @@ class UpdateReport:
         }
 
 
-def check_updates(db: Database, say: Say = _quiet) -> UpdateReport:
-    """What an update would apply now. As root, apt's lists are refreshed first
-    (`apt-get update`; when that fails, `say` warns and the lists of before are used);
-    otherwise they are read as they are. Changes nothing else. UsageError for a bad
-    `apt_config`; HostError when apt cannot tell."""
+def check_updates(db: Database, say: Say = _quiet, *, refresh: bool = True) -> UpdateReport:
+    """What an update would apply now. As root and with `refresh`, apt's lists are
+    refreshed first (`apt-get update`; when that fails, `say` warns and the lists of before
+    are used); otherwise they are read as they are (`doctor` does not go to the mirrors).
+    Changes nothing else. UsageError for a bad `apt_config`; HostError when apt cannot
+    tell."""
     conf = settings.load()
     with _apt_configured(conf):
         refreshed = False
-        if os.geteuid() == 0:
+        if refresh and os.geteuid() == 0:
             refreshed = _refresh(say)
-        else:
+        elif refresh:
             say("not root: apt's lists are read as they are, without apt-get update")
         pending = packages.apt_upgradable()
     return UpdateReport(tuple(pending), tuple(_service_updates(db, conf)), refreshed)
@@ -224,7 +225,7 @@ class _Update:
             yield record
         except (IsidorusError, OSError, StepFailed) as exc:
             record.status = "failed"
-            record.error = _one_line(exc)
+            record.error = one_line(exc)
             self.tell(f"{step} {target}: failed: {record.error}".replace("  ", " "))
         record.seconds = time.monotonic() - began
         runs.add_step(self.db, self.run_id, record, self.log)
@@ -471,27 +472,11 @@ def _service_updates(db: Database, conf: Mapping[str, Any]) -> list[ServiceUpdat
     ]
 
 
-@contextlib.contextmanager
-def _only_one() -> Iterator[None]:
-    fd = os.open(LOCK_PATH, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            raise UpdateError(
-                f"another isidorus update is running (pid {holder}, lock {LOCK_PATH}): "
-                "let it finish, then retry"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
-    finally:
-        os.close(fd)
+def _only_one() -> contextlib.AbstractContextManager[None]:
+    def busy(pid: str) -> UpdateError:
+        return UpdateError(
+            f"another isidorus update is running (pid {pid}, lock {LOCK_PATH}): "
+            "let it finish, then retry"
+        )
 
-
-def _one_line(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        where = f" {exc.filename}" if exc.filename else ""
-        return f"{exc.strerror}{where}"
-    return " ".join(str(exc).split()) or type(exc).__name__
+    return only_one(LOCK_PATH, busy)
