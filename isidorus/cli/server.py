@@ -60,7 +60,13 @@ def serve(data_dir: str | None, listen: str, workers: int | None) -> None:
         f"process{'es' if workers > 1 else ''} (Ctrl-C stops it)"
     )
     options: dict[str, Any] = dict(
-        host=addr, port=port, log_level="warning", proxy_headers=True, server_header=False
+        host=addr,
+        port=port,
+        log_level="warning",
+        proxy_headers=True,
+        server_header=False,
+        # nginx's /auth/check is answered before the app; the rest goes to uvicorn's own
+        http="isidorus.web.fast_path:FastPath",
     )
     if workers == 1:
         uvicorn.run(app, **options)

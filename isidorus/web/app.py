@@ -104,8 +104,9 @@ def create_app(data_dir: str, list_services: ListServices | None = None) -> Star
     db = ops.open_state(data_dir)
     board = StatusBoard(db, data_dir, list_services or services.list_installed)
     watch = StoreWatch()  # the stores' snapshots, read again when they change
+    pages = Pages(host, db, board)
     routes: list[BaseRoute] = [
-        *Pages(host, db, board).routes(),
+        *pages.routes(),
         *Admin(host, db).routes(),
         *ServicesAdmin(host, db, board, Jobs(data_dir)).routes(),
         *BackupsAdmin(host, db, watch).routes(),
@@ -128,4 +129,5 @@ def create_app(data_dir: str, list_services: ListServices | None = None) -> Star
     )
     app.state.db = db
     app.state.host = host
+    app.state.auth_check = pages.auth  # for the fast path (web/fast_path.py)
     return app

@@ -21,6 +21,7 @@ from isidorus.ops import monitoring, oidc
 from isidorus.ops import service_access as access
 from isidorus.state.db import Database
 from isidorus.web import i18n
+from isidorus.web.auth_check import ALLOW_HEADER, AuthCheck
 from isidorus.web.base import (
     COOKIE,
     CSRF_COOKIE,
@@ -49,6 +50,7 @@ class Pages(Views):
     def __init__(self, host: Host, db: Database, board: StatusBoard) -> None:
         super().__init__(host, db)
         self.board = board
+        self.auth = AuthCheck(self.sessions)
 
     def routes(self) -> list[Route]:
         return [
@@ -346,16 +348,7 @@ class Pages(Views):
     async def auth_check(self, request: Request) -> Response:
         """nginx auth_request: 200 for a permitted user (named in X-Isidorus-User), 401 when
         not logged in, 403 when logged in but not in a group the service allows (nginx
-        sends them in X-Isidorus-Allow)."""
-        session = self.session(request)
-        if session is None:
-            return Response(status_code=401)
-        allow = [
-            g.strip() for g in request.headers.get("x-isidorus-allow", "").split(",") if g.strip()
-        ]
-        user = session.user
-        if allow and not (user.is_admin or set(allow) & set(user.groups)):
-            return Response(status_code=403)
-        return Response(
-            status_code=200, headers={"X-Isidorus-User": user.name, "X-Isidorus-Email": user.email}
-        )
+        sends them in X-Isidorus-Allow). `isidorus serve` answers most of these before the
+        app (web/fast_path.py), by the same rule."""
+        verdict = self.auth(request.headers.get("cookie"), request.headers.get(ALLOW_HEADER))
+        return Response(status_code=verdict.status, headers=verdict.headers())

@@ -1,0 +1,56 @@
+"""The single sign-on answer for nginx's `auth_request`: who the browser is, and whether
+they may pass to the service that asks. The one rule, shared by the `/auth/check` route
+of the Starlette app and by the HTTP fast path that answers it before the app
+(web/fast_path.py), so that both always say the same."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from starlette.requests import cookie_parser
+
+from isidorus.web.base import COOKIE, SessionCache
+
+ALLOW_HEADER = "x-isidorus-allow"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """200 with the user's name and e-mail, 401 (not logged in) or 403 (not allowed)."""
+
+    status: int
+    user: str = ""
+    email: str = ""
+
+    def headers(self) -> dict[str, str]:
+        """The headers nginx passes on to the service (`auth_request_set`)."""
+        if self.status != 200:
+            return {}
+        return {"x-isidorus-user": self.user, "x-isidorus-email": self.email}
+
+
+UNAUTHORIZED = Verdict(401)
+FORBIDDEN = Verdict(403)
+
+
+class AuthCheck:
+    """Answers one check from the request's Cookie header (the first one, as Starlette
+    reads it) and X-Isidorus-Allow, the groups the service is open to (none named: any
+    member; admins always pass). Sessions come from the process's SessionCache, so a
+    logout, a revoked session or a disabled user is seen at once on SQLite. Runs on the
+    event loop (one cached lookup, or one read of the database); errors of the state
+    database propagate."""
+
+    def __init__(self, sessions: SessionCache) -> None:
+        self.sessions = sessions
+
+    def __call__(self, cookie: str | None, allow: str | None) -> Verdict:
+        token = cookie_parser(cookie).get(COOKIE, "") if cookie else ""
+        session = self.sessions.find(token) if token else None
+        if session is None:
+            return UNAUTHORIZED
+        user = session.user
+        groups = {g.strip() for g in (allow or "").split(",")} - {""}
+        if groups and not (user.is_admin or groups & set(user.groups)):
+            return FORBIDDEN
+        return Verdict(200, user.name, user.email)
