@@ -157,6 +157,8 @@ def test_check_then_security_only_then_everything(run, repo, host):
     assert any(ln.startswith(SECURE) and ln.endswith("1.1  security") for ln in lines), r.out
     assert any(ln.startswith(PLAIN) and ln.endswith("-> 1.1") for ln in lines), r.out
 
+    assert doctor_updates(run, data_dir, env) == ("warning", "1 security updates wait")
+
     r = run("update", "apply", "--security-only", "--json", "--data-dir", data_dir, env=env)
     doc = json.loads(r.out)
     assert doc["kind"] == "update" and doc["status"] == "ok"
@@ -172,6 +174,7 @@ def test_check_then_security_only_then_everything(run, repo, host):
 
     r = run("update", "check", "--json", "--data-dir", data_dir, env=env)
     assert [p["name"] for p in json.loads(r.out)["packages"]] == [PLAIN]
+    assert doctor_updates(run, data_dir, env) == ("info", "1 package and 0 service updates wait")
 
     r = run("update", "apply", "--data-dir", data_dir, env=env)
     assert installed_version(PLAIN) == "1.1"
@@ -182,11 +185,41 @@ def test_check_then_security_only_then_everything(run, repo, host):
     r = run("update", "apply", "--json", "--data-dir", data_dir, env=env)
     assert json.loads(r.out)["steps"] == [] and "nothing to update" in r.err
     assert run("update", "check", "--data-dir", data_dir, env=env).out == "nothing to update\n"
+    assert doctor_updates(run, data_dir, env) == ("ok", "everything is up to date")
 
     history = update_runs(data_dir)
     assert [(h.status, len(h.steps)) for h in history] == [("ok", 2), ("ok", 2), ("ok", 0)]
     assert history[1].steps[1].detail["upgraded"] == {PLAIN: ["1.0", "1.1"]}
     assert "update ok" in history[1].log.splitlines()[-1]
+
+
+def doctor_updates(run: Isidorus, data_dir: Path, env: dict[str, str]) -> tuple[str, str]:
+    r = run("doctor", "--json", "--data-dir", data_dir, env=env, check=False)
+    found = [f for f in json.loads(r.out)["findings"] if f["check"] == "updates"]
+    assert len(found) == 1, found
+    return found[0]["severity"], found[0]["message"]
+
+
+def test_the_night_applies_the_security_updates_after_its_backups(run, repo, host, tmp_path):
+    data_dir, env = host
+    repo.install(f"{PLAIN}=1.0", f"{SECURE}=1.0")
+    secret = tmp_path / "backup.passphrase"
+    secret.write_text("the host's own backups\n")
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "motd").write_text("hello\n")
+    config = tmp_path / "isidorus.toml"
+    config.write_text(
+        f'[nightly]\npaths = ["{tmp_path / "etc"}"]\nverify_percent = 0\nsecurity_updates = true\n'
+    )
+    env = {**env, "ISIDORUS_BACKUP_PASSPHRASE_FILE": str(secret), "ISIDORUS_CONFIG": str(config)}
+    doc = json.loads(run("nightly", "--json", "--data-dir", data_dir, env=env).out)
+    names = [f"{s['step']} {s['target']}".strip() for s in doc["steps"]]
+    assert names.index("backup system") < names.index("updates") < names.index("prune local")
+    step = next(s for s in doc["steps"] if s["step"] == "updates")
+    assert step["status"] == "ok" and step["detail"]["status"] == "ok"
+    assert installed_version(SECURE) == "1.1" and installed_version(PLAIN) == "1.0"
+    [update] = update_runs(data_dir)
+    assert update.id == step["detail"]["run"] and update.status == "ok"
 
 
 def test_a_service_its_package_upgrade_breaks_goes_back(stack: Stack, repo):
