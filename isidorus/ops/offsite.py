@@ -17,6 +17,7 @@ from isidorus.backup.errors import StoreError
 from isidorus.backup.progress import Progress
 from isidorus.backup.remote.base import Backend
 from isidorus.backup.remote.local import LocalBackend
+from isidorus.backup.remote.served import ServedBackend
 from isidorus.backup.repository import Repository
 from isidorus.backup.scrub import ScrubReport, check_same_store, repair_objects, scrub_store
 from isidorus.backup.sync import SyncOptions, SyncResult, copy_store
@@ -40,22 +41,28 @@ def sync(source: StoreRef, dest: str, options: SyncOptions, progress: Progress) 
     they need, then (a full sync) remove from DEST what SOURCE no longer has. DEST may be
     absent or empty: it becomes a copy of the same store. Only a sync of chosen snapshots
     needs `source.passphrase`. Run it again after any interruption to carry on."""
-    src = open_backend(source)
     dst = backend_for(dest, source.settings)
     try:
-        if src.location == dst.location:
-            raise UsageError("SOURCE and DEST are the same store: give another place for the copy")
-        if isinstance(dst, LocalBackend) and os.path.lexists(dst.root):
-            _place(dst)
-        return copy_store(
-            src,
-            dst,
-            options,
-            progress,
-            lambda: Repository.open(src, source.passphrase, source.cache_dir),
-        )
+        if isinstance(dst, ServedBackend):
+            dst.connect_soon()  # while the source's session and listing are made
+        src = open_backend(source)
+        try:
+            if src.location == dst.location:
+                raise UsageError(
+                    "SOURCE and DEST are the same store: give another place for the copy"
+                )
+            if isinstance(dst, LocalBackend) and os.path.lexists(dst.root):
+                _place(dst)
+            return copy_store(
+                src,
+                dst,
+                options,
+                progress,
+                lambda: Repository.open(src, source.passphrase, source.cache_dir),
+            )
+        finally:
+            src.close()
     finally:
-        src.close()
         dst.close()
 
 

@@ -87,12 +87,31 @@ class ServedBackend:
         self._ids = itertools.count(1)
         self._handles = itertools.count(1)
         self._reader: threading.Thread | None = None
+        self._early: threading.Thread | None = None
+        self._early_error: BackendError | None = None
 
     # -- connection
+    def connect_soon(self) -> None:
+        """Start connecting now, in the background: ssh's handshake and the remote
+        isidorus's start-up (a few tenths of a second) then overlap the caller's own work
+        before its first request. A failure is met again, and raised, by that request."""
+        if self._early is None and self._pipe is None:
+            self._early = threading.Thread(target=self._connect_quietly, daemon=True)
+            self._early.start()
+
+    def _connect_quietly(self) -> None:
+        try:
+            self._connect()
+        except BackendError as exc:
+            self._early_error = exc  # the first request raises it
+
     def _connect(self) -> SshPipe:
         with self._connect_lock:
             if self._broken is not None:
                 raise self._broken
+            if self._early_error is not None:
+                early, self._early_error = self._early_error, None
+                raise early
             if self._pipe is not None:
                 return self._pipe
             pipe = SshPipe(self.target, self._argv, self._rate_limit)
