@@ -42,7 +42,7 @@ def serve(data_dir: str | None, listen: str, workers: int | None) -> None:
     """Run the web server; a host not yet initialised is set up first."""
     import uvicorn  # only this command needs the server
 
-    from isidorus.web.app import DATA_DIR_VARIABLE, create_app
+    from isidorus.web.app import DATA_DIR_VARIABLE, create_app, settle
 
     addr, port = _listen(listen)
     d = _data_dir(data_dir)
@@ -69,6 +69,7 @@ def serve(data_dir: str | None, listen: str, workers: int | None) -> None:
         http="isidorus.web.fast_path:FastPath",
     )
     if workers == 1:
+        settle()
         uvicorn.run(app, **options)
         return
     # every process builds its own app; they share the state database (sessions, login

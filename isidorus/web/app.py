@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 
 from starlette.applications import Starlette
@@ -93,7 +94,17 @@ DATA_DIR_VARIABLE = "ISIDORUS_SERVE_DATA_DIR"
 
 def app_from_environment() -> Starlette:
     """The app of one of `isidorus serve --workers N`'s processes."""
-    return create_app(os.environ[DATA_DIR_VARIABLE])
+    app = create_app(os.environ[DATA_DIR_VARIABLE])
+    settle()
+    return app
+
+
+def settle() -> None:
+    """Once the app is built: what the process holds from now on (modules, templates,
+    the app) is set apart from the garbage collector, whose full passes over it would
+    otherwise stall every request now and then."""
+    gc.collect()
+    gc.freeze()
 
 
 def create_app(data_dir: str, list_services: ListServices | None = None) -> Starlette:

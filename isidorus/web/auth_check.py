@@ -41,11 +41,14 @@ class AuthCheck:
     event loop (one cached lookup, or one read of the database); errors of the state
     database propagate."""
 
+    TOKENS = 10_000  # Cookie headers whose token is remembered
+
     def __init__(self, sessions: SessionCache) -> None:
         self.sessions = sessions
+        self.tokens: dict[str, str] = {}
 
     def __call__(self, cookie: str | None, allow: str | None) -> Verdict:
-        token = cookie_parser(cookie).get(COOKIE, "") if cookie else ""
+        token = self.token(cookie) if cookie else ""
         session = self.sessions.find(token) if token else None
         if session is None:
             return UNAUTHORIZED
@@ -54,3 +57,14 @@ class AuthCheck:
         if groups and not (user.is_admin or groups & set(user.groups)):
             return FORBIDDEN
         return Verdict(200, user.name, user.email)
+
+    def token(self, cookie: str) -> str:
+        """The session's token in a Cookie header, as Starlette reads it (a browser sends
+        the same header with each request, so it is parsed once)."""
+        token = self.tokens.get(cookie)
+        if token is None:
+            token = cookie_parser(cookie).get(COOKIE, "")
+            if len(self.tokens) >= self.TOKENS:
+                self.tokens.clear()
+            self.tokens[cookie] = token
+        return token
