@@ -31,6 +31,7 @@ import subprocess
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from isidorus.errors import UsageError
 from isidorus.system.errors import HostError, HostTimeout
@@ -40,6 +41,7 @@ from isidorus.system.tls import Certificate
 __all__ = ["Certificate", "Nginx", "Site"]
 
 SHARED = "isidorus.conf"
+AUTH_UPSTREAM = "isidorus_auth"
 # not inside the host's data directory (/var/lib/isidorus, mode 0700): nginx's workers
 # (www-data) read the challenges' proofs from here
 ACME_DIR = "/var/lib/isidorus-acme-challenge"
@@ -155,6 +157,11 @@ class Nginx:
         if not _FILE.fullmatch(self.sites_dir):
             raise UsageError(f"{sites_dir!r} cannot be named in nginx's configuration")
         self.auth_url = auth_url
+        # nginx keeps connections to an http:// isidorus open (an upstream with keepalive)
+        # rather than opening one for each request it checks
+        plain = auth_url.startswith("http://")
+        self.auth_authority = urlsplit(auth_url).netloc if plain else None
+        self.auth_path = (urlsplit(auth_url).path or "/") if plain else ""
         self.login_url = login_url
         self.test_cmd = tuple(test_cmd)
         self.reload_cmd = tuple(reload_cmd)
@@ -231,10 +238,19 @@ class Nginx:
         if header is not None:
             allow = ",".join(site.allow)
             sep = "&" if "?" in self.login_url else "?"
+            if self.auth_authority is None:
+                ask = [f'    proxy_pass "{self.auth_url}";']
+            else:
+                ask = [
+                    f'    proxy_pass "http://{AUTH_UPSTREAM}{self.auth_path}";',
+                    "    proxy_http_version 1.1;",
+                    '    proxy_set_header Connection "";',
+                    f'    proxy_set_header Host "{self.auth_authority}";',
+                ]
             lines += [
                 f"location = /_isidorus_auth/{site.service} {{",
                 "    internal;",
-                f'    proxy_pass "{self.auth_url}";',
+                *ask,
                 "    proxy_pass_request_body off;",
                 '    proxy_set_header Content-Length "";',
                 # always set, even empty, so a client cannot send its own
@@ -245,6 +261,25 @@ class Nginx:
                 "}",
             ]
         return "\n".join(lines) + "\n"
+
+    def render_shared(self) -> str:
+        """The shared file: the maps every site uses and, for an http:// auth_url, the
+        upstream that keeps nginx's connections to isidorus open between checks."""
+        if self.auth_authority is None:
+            return SHARED_TEXT
+        return SHARED_TEXT + "\n".join(
+            [
+                "",
+                "# isidorus's /auth/check, asked before each request to a service: connections",
+                "# are kept (closed by nginx before isidorus's own 5 s keep-alive timeout)",
+                f"upstream {AUTH_UPSTREAM} {{",
+                f"    server {self.auth_authority};",
+                "    keepalive 32;",
+                "    keepalive_timeout 4s;",
+                "}",
+                "",
+            ]
+        )
 
     def render_server(self, site: Site) -> str:
         """The domain file the site's domain gets: its server blocks, which include the
@@ -315,7 +350,7 @@ class Nginx:
         service has. Safe against other publishes (a lock in SITES_DIR)."""
         check(site)
         files: dict[str, str | None] = {
-            os.path.join(self.sites_dir, SHARED): SHARED_TEXT,
+            os.path.join(self.sites_dir, SHARED): self.render_shared(),
             self.domain_file(site.domain): self.render_server(site),
             self.location_file(site.domain, site.service): self.render(site),
         }

@@ -10,6 +10,7 @@ import json
 import re
 import socket
 import ssl
+import subprocess
 import threading
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -70,11 +71,24 @@ def test_a_header_site_asks_isidorus_and_names_the_user():
     assert "error_page 401 = @isidorus_login_radicale;" in main
     assert "proxy_pass http://127.0.0.1:5232;" in main
     auth = block(text, "location = /_isidorus_auth/radicale")
-    assert "internal;" in auth and f'proxy_pass "{AUTH}";' in auth
+    assert "internal;" in auth and 'proxy_pass "http://isidorus_auth/auth/check";' in auth
     assert 'proxy_set_header X-Isidorus-Allow "family,friends";' in auth
     assert "proxy_pass_request_body off;" in auth
     login = block(text, "location @isidorus_login_radicale")
     assert f'return 302 "{LOGIN}?next=$isidorus_next";' in login
+
+
+def test_nginx_keeps_its_connections_to_an_http_isidorus():
+    auth = block(NGINX.render(make_site()), "location = /_isidorus_auth/radicale")
+    assert "proxy_http_version 1.1;" in auth and 'proxy_set_header Connection "";' in auth
+    assert 'proxy_set_header Host "127.0.0.1:8080";' in auth
+    shared = NGINX.render_shared()
+    assert "upstream isidorus_auth {\n    server 127.0.0.1:8080;\n    keepalive 32;" in shared
+    # over https, nginx asks the address as it is written (its name, its certificate)
+    remote = Nginx("/etc/nginx/isidorus", "https://sso.example.org/auth/check", LOGIN)
+    auth = block(remote.render(make_site()), "location = /_isidorus_auth/radicale")
+    assert 'proxy_pass "https://sso.example.org/auth/check";' in auth
+    assert "upstream" not in remote.render_shared()
 
 
 def test_a_header_site_open_to_every_member_still_sets_the_allowed_groups():
@@ -536,6 +550,27 @@ def test_single_sign_on_and_a_public_service_through_nginx(tmp_path, upstreams, 
         assert server.get("cal.example.test", "/").status_code == 404
         assert nginx.published() == ["wiki"]
         assert server.get("pub.example.test", "/wiki/").status_code == 200
+
+
+def test_nginx_asks_isidorus_over_connections_it_keeps(tmp_path, upstreams, isidorus):
+    with running_nginx(tmp_path) as server:
+        nginx = server.nginx(f"http://127.0.0.1:{isidorus}/auth/check", "http://x/login")
+        nginx.publish(
+            make_site(service="calendar", domain="cal.example.test", port=upstreams[0],
+                      allow=("family",), listen_http=server.http_port)
+        )  # fmt: skip
+        with httpx2.Client(timeout=10) as alice:
+            login(alice, isidorus, "alice")
+            cookie = f"isidorus_session={alice.cookies['isidorus_session']}"
+        for _ in range(20):
+            r = server.get("cal.example.test", "/", headers={"Cookie": cookie})
+            assert seen(r)["headers"]["x-remote-user"] == "alice"
+        # every check went over the connections nginx keeps: some are still open
+        out = subprocess.run(
+            ["ss", "-Htn", "state", "established", f"( dport = :{isidorus} )"],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        assert 1 <= len(out.splitlines()) <= 2, out
 
 
 def test_tls_with_the_self_signed_certificate(tmp_path, upstreams):
