@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import mmap
 import os
 import sqlite3
 import threading
@@ -123,6 +124,23 @@ def _one_line(exc: BaseException, secret: str | None) -> str:
     return line.replace(secret, "***") if secret else line
 
 
+# the two copies of the WAL-index header (WalIndexHdr, 48 bytes each) that open the -shm
+# file; the checkpoint information after them changes without a commit
+_WAL_HEADERS = 96
+
+
+def _map_wal_index(database: str) -> mmap.mmap | None:
+    """The `-shm` file of an SQLite database in WAL mode, mapped to be read; None when
+    there is none (another journal mode) or it cannot be read."""
+    try:
+        with open(database + "-shm", "rb") as f:
+            if os.fstat(f.fileno()).st_size < _WAL_HEADERS:
+                return None
+            return mmap.mmap(f.fileno(), _WAL_HEADERS, access=mmap.ACCESS_READ)
+    except (OSError, ValueError):
+        return None
+
+
 def _is_busy(exc: SQLAlchemyError) -> bool:
     """Whether a writer gave up waiting for another (SQLite's busy timeout, PostgreSQL's
     lock_timeout: SQLSTATE 55P03)."""
@@ -146,6 +164,8 @@ class Database:
         self._writes = itertools.count(1)
         self.generation = 0
         self._probe: sqlite3.Connection | None = None
+        self._header: mmap.mmap | None = None  # the probe's view of the -shm file
+        self._header_tried = False
         self._probe_lock = threading.Lock()
         try:
             if self.dialect == "sqlite":
@@ -238,21 +258,47 @@ class Database:
     def data_version(self) -> int | None:
         """A number that changes whenever anyone (this process or another) commits to an
         SQLite database: caches compare it to know, exactly and cheaply, that what they
-        hold is still current. None for other databases."""
+        hold is still current. None for other databases. Thread-safe.
+
+        It is the wal-index header at the start of the database's `-shm` file, which
+        SQLite rewrites at every commit before the commit returns (its `iChange` counter
+        moves: https://sqlite.org/walformat.html), read from memory without a lock or a
+        system call: `PRAGMA data_version`, which says the same, begins a read
+        transaction and takes file locks each time, and processes asking it at once wait
+        on each other in the kernel. The probe connection keeps the file open and in use,
+        so SQLite never reinitialises it while it is mapped. Without a `-shm` file (not
+        in WAL mode), PRAGMA data_version."""
         if self.dialect != "sqlite" or self.engine.url.database in (None, ""):
             return None
+        header = self._header
+        if header is not None:
+            try:
+                return int.from_bytes(header[:_WAL_HEADERS], "little")
+            except ValueError:  # closed meanwhile
+                pass
         with self._probe_lock:
             if self._probe is None:
                 # a connection of its own that never writes: its data_version moves with
                 # every commit made through any other connection
                 self._probe = sqlite3.connect(self.engine.url.database, check_same_thread=False)
             try:
-                return int(self._probe.execute("PRAGMA data_version").fetchone()[0])
+                version = int(self._probe.execute("PRAGMA data_version").fetchone()[0])
             except sqlite3.Error as exc:
                 raise StateError(f"the state database failed: {exc}") from exc
+            if self._header is None and not self._header_tried:
+                # the PRAGMA has made the probe open the -shm file, for as long as it lives
+                self._header_tried = True
+                self._header = _map_wal_index(self.engine.url.database)
+                if self._header is not None:
+                    return int.from_bytes(self._header[:_WAL_HEADERS], "little")
+            return version
 
     def close(self) -> None:
         with self._probe_lock:
+            header, self._header = self._header, None
+            self._header_tried = False
+            if header is not None:
+                header.close()
             if self._probe is not None:
                 self._probe.close()
                 self._probe = None

@@ -3,6 +3,8 @@ beside it, savepoints, moments in UTC, cascades; and a database that cannot be u
 line that names the cause and never the password. On SQLite, the change mark that lets
 caches know when they are stale."""
 
+import subprocess
+import sys
 import threading
 import time
 from datetime import UTC, datetime, timedelta, timezone
@@ -266,3 +268,26 @@ def test_data_version_moves_with_every_commit_of_anyone(tmp_path):
     assert db.data_version() != v2
     db.close()
     other.close()
+
+
+def test_data_version_sees_a_commit_of_another_process_at_once(tmp_path):
+    path = str(tmp_path / "state.sqlite")
+    db = Database.open_file(path)
+    migrate(db)
+    v = db.data_version()
+    assert db.data_version() == v
+    for i in range(5):
+        with db.read() as conn:
+            conn.execute(select(schema.groups)).all()
+        assert db.data_version() == v  # reading changes nothing
+        code = (
+            "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "
+            "c.execute(\"INSERT INTO groups (name, description) VALUES (?, '')\", (sys.argv[2],)); "
+            "c.commit()"
+        )
+        subprocess.run([sys.executable, "-c", code, path, f"g{i}"], check=True)
+        assert db.data_version() != v  # the other process's commit has returned
+        v = db.data_version()
+    db.close()
+    assert db.data_version() is not None  # a closed database probes again
+    db.close()
