@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from isidorus.backup.errors import StoreError
 from isidorus.backup.remote.local import LocalBackend
+from isidorus.backup.remote.wire import ProtocolError
 from isidorus.backup.removals import ApplyResult, Removal, RemovalQueue
 from isidorus.backup.serve import ServeOptions, serve_stdio
 from isidorus.errors import UsageError
@@ -32,7 +33,15 @@ def serve(options: ServeOptions) -> None:
             f"the served directory {options.root} does not exist: create it (owned by the "
             "account that serves it) or fix the forced command"
         )
-    serve_stdio(options)
+    try:
+        serve_stdio(options)
+    except ProtocolError as exc:
+        # rsync, scp or a shell pointed at the account: its forced command answers only
+        # isidorus's store protocol
+        raise StoreError(
+            f"the client does not speak isidorus's store protocol ({exc}): this account "
+            "answers `isidorus backup sync` to ssh+isidorus:// only"
+        ) from None
 
 
 def _queue(store_dir: str) -> RemovalQueue:

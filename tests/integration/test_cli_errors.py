@@ -697,3 +697,14 @@ def test_damaged_config(run, store, damaged_setup, tmp_path, how):
         line = assert_one_line_error(r)
         assert args[0] == "init" or ("config" in line and "damaged" in line), line
     assert store_files(store) == before
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [b"\x1f\xff\xff\xff" + b"rsync" * 10, b"ls -la\n", b"\x00\x00\x00\x05\xc1\xc1\xc1\xc1\xc1"],
+    ids=["huge-frame", "a-shell-command", "not-msgpack"],
+)
+def test_serve_given_another_protocol_says_so_in_one_line(run, tmp_path, garbage):
+    r = run("backup", "serve", "--stdio", tmp_path, input=garbage, check=False)
+    assert_one_line_error(r, "does not speak isidorus's store protocol", "ssh+isidorus://")
+    assert r.code == 1
