@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Web benchmark: isidorus's public page, portal and `/auth/check`, against nginx serving a
-static file, under the same loopback load (wrk, 100 connections), in one run.
+static file, under the same loopback load (wrk, 100 connections), in one run; and the same
+file behind nginx's auth_request to isidorus, as isidorus publishes a service.
 
 Usage: bench/web_bench.py [--duration 10] [--connections 100] [--runs 3] [--json FILE]
 Needs: wrk, nginx, and isidorus installed (scripts/bootstrap).
@@ -23,6 +24,8 @@ from pathlib import Path
 
 import httpx2 as httpx
 
+from isidorus.system.nginx import Nginx, Site
+
 HERE = Path(__file__).resolve().parent
 ISIDORUS = str(Path(sys.executable).with_name("isidorus"))
 PASSWORD = "a long benchmark passphrase"
@@ -40,8 +43,17 @@ http {{
         listen 127.0.0.1:{port};
         root {prefix}/www;
     }}
+    include {prefix}/shared.conf;
+    server {{
+        listen 127.0.0.1:{protected};
+        server_name 127.0.0.1;
+        include {prefix}/site.conf;
+    }}
 }}
 """
+# the groups the protected site is open to: nginx sends them with each check, and the
+# logged-in admin passes as admins do
+ALLOW = "family"
 
 
 def free_port() -> int:
@@ -61,11 +73,11 @@ def wait_for(port: int, proc: subprocess.Popen[bytes]) -> None:
     raise SystemExit(f"nothing listens on {port}")
 
 
-def wrk(url: str, cookie: str, duration: int, connections: int) -> tuple[float, float]:
+def wrk(url: str, headers: list[str], duration: int, connections: int) -> tuple[float, float]:
     """Requests per second and p99 latency in milliseconds."""
     cmd = ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", url]
-    if cookie:
-        cmd[1:1] = ["-H", f"Cookie: isidorus_session={cookie}"]
+    for header in headers:
+        cmd[1:1] = ["-H", header]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     value, unit = re.search(r"99%\s+([\d.]+)(us|ms|s)", out).groups()  # type: ignore[union-attr]
@@ -115,7 +127,7 @@ def main() -> None:
         (work / "nginx" / "tmp").mkdir()
         # a static page of the size of isidorus's public page
         public_size = 0
-        ports = {"isidorus": free_port(), "nginx": free_port()}
+        ports = {"isidorus": free_port(), "nginx": free_port(), "protected": free_port()}
         web = subprocess.Popen(
             [ISIDORUS, "serve", "--data-dir", home, "--listen", f"127.0.0.1:{ports['isidorus']}"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -125,8 +137,19 @@ def main() -> None:
         base = f"http://127.0.0.1:{ports['isidorus']}"
         public_size = len(httpx.get(base + "/").content)
         (www / "index.html").write_bytes(b"x" * public_size)
+        # the static file as a service published with single sign-on: the site and the
+        # shared file exactly as isidorus writes them (auth_request to /auth/check)
+        sites = Nginx(str(work / "nginx"), f"{base}/auth/check", f"{base}/login")
+        site = Site(
+            service="static", domain="127.0.0.1", path="/", port=ports["nginx"], sso="header",
+            sso_header="X-Remote-User", allow=(ALLOW,), tls=None, listen_http=ports["protected"],
+        )  # fmt: skip
+        (work / "nginx" / "shared.conf").write_text(sites.render_shared())
+        (work / "nginx" / "site.conf").write_text(sites.render(site))
         conf = work / "nginx" / "nginx.conf"
-        conf.write_text(NGINX.format(prefix=work / "nginx", port=ports["nginx"]))
+        conf.write_text(
+            NGINX.format(prefix=work / "nginx", port=ports["nginx"], protected=ports["protected"])
+        )
         ngx = subprocess.Popen(
             ["nginx", "-c", str(conf), "-p", str(work / "nginx"), "-g", "daemon off;"],
             stderr=subprocess.DEVNULL,
@@ -134,11 +157,18 @@ def main() -> None:
         procs.append(ngx)
         wait_for(ports["nginx"], ngx)
         cookie, login_ms = login(base)
-        targets = {
-            "nginx static file": (f"http://127.0.0.1:{ports['nginx']}/index.html", ""),
-            "public page /": (base + "/", ""),
-            "portal /portal": (base + "/portal", cookie),
-            "auth check /auth/check": (base + "/auth/check", cookie),
+        session = f"Cookie: isidorus_session={cookie}"
+        # /auth/check as nginx asks it: the browser's cookie and the site's groups
+        check = [session, f"X-Isidorus-Allow: {ALLOW}"]
+        protected = f"http://127.0.0.1:{ports['protected']}/index.html"
+        assert httpx.get(protected, headers={"Cookie": session[8:]}).status_code == 200
+        assert httpx.get(protected).status_code == 302  # not logged in: to the login page
+        targets: dict[str, tuple[str, list[str]]] = {
+            "nginx static file": (f"http://127.0.0.1:{ports['nginx']}/index.html", []),
+            "public page /": (base + "/", []),
+            "portal /portal": (base + "/portal", [session]),
+            "auth check /auth/check": (base + "/auth/check", check),
+            "file behind auth_request": (protected, [session]),
         }
         results: dict[str, list[tuple[float, float]]] = {k: [] for k in targets}
         for _ in range(args.runs):  # interleaved, so that noise hits every target alike
@@ -155,9 +185,9 @@ def main() -> None:
     }
     ref_rps, ref_p99 = med["nginx static file"]
     print(f"wrk, {args.connections} connections, {args.duration} s, median of {args.runs} runs")
-    print(f"{'target':24} {'req/s':>9} {'p99 ms':>8} {'req/s vs nginx':>15} {'p99 vs nginx':>13}")
+    print(f"{'target':26} {'req/s':>9} {'p99 ms':>8} {'req/s vs nginx':>15} {'p99 vs nginx':>13}")
     for k, (rps, p99) in med.items():
-        print(f"{k:24} {rps:9.0f} {p99:8.2f} {rps / ref_rps:15.2f} {p99 / ref_p99:13.1f}")
+        print(f"{k:26} {rps:9.0f} {p99:8.2f} {rps / ref_rps:15.2f} {p99 / ref_p99:13.1f}")
     print(f"login (Argon2id), median of 10: {statistics.median(login_ms):.0f} ms")
     if args.json:
         Path(args.json).write_text(
