@@ -5,11 +5,9 @@ from __future__ import annotations
 import click
 
 from isidorus import settings
-from isidorus.backup.sync import SyncOptions
 from isidorus.cli.options import json_option, resolve_store
 from isidorus.cli.output import TerminalProgress, passphrase_source, print_json, warn
-from isidorus.ops import backups as ops
-from isidorus.ops import offsite, remotes
+from isidorus.ops import remotes, stores
 from isidorus.units import human_bytes, parse_size
 
 
@@ -47,13 +45,27 @@ def sync(
     if limit_rate is not None:
         parse_size(limit_rate, "rate")  # a bad value stops here, before any connection
         conf["limit_rate"] = limit_rate
-    ref = ops.StoreRef(
-        resolve_store(source),
-        passphrase_source(passphrase_file) if snapshots else None,
-        conf["cache_dir"],
-        conf,
-    )
-    r = offsite.sync(ref, resolve_store(dest), SyncOptions(snapshots=snapshots), TerminalProgress())
+    where = resolve_store(dest)
+    # a home is reached first: ssh's handshake and the home's start-up then overlap the
+    # loading of the engine below, which a copy to a home would otherwise wait for
+    early = stores.connect_early(where, conf)
+    try:
+        from isidorus.backup.sync import SyncOptions
+        from isidorus.ops import backups as ops
+        from isidorus.ops import offsite
+
+        ref = ops.StoreRef(
+            resolve_store(source),
+            passphrase_source(passphrase_file) if snapshots else None,
+            conf["cache_dir"],
+            conf,
+        )
+    except BaseException:
+        if early is not None:
+            early.close()
+        raise
+    target = early or where
+    r = offsite.sync(ref, target, SyncOptions(snapshots=snapshots), TerminalProgress())
     for name in r.damaged:
         warn(f"{name} of the source does not match its name (damaged): not copied")
     for why in (r.held_back, r.postponed):
@@ -93,6 +105,8 @@ def sync(
 def scrub(store: str, repair_from: str | None, as_json: bool) -> int:
     """Check every object of STORE against its name, without the passphrase; exit 1 if
     any is damaged (and, with --repair-from, could not be repaired)."""
+    from isidorus.ops import offsite
+
     report = offsite.scrub(
         resolve_store(store),
         resolve_store(repair_from) if repair_from is not None else None,

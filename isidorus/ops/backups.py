@@ -26,7 +26,6 @@ from isidorus.backup.progress import Progress
 from isidorus.backup.prune import KeepPolicy, PrunePlan, plan_prune
 from isidorus.backup.remote.base import Backend
 from isidorus.backup.remote.local import LocalBackend
-from isidorus.backup.remote.ssh import RateLimit
 from isidorus.backup.repair import RepairResult
 from isidorus.backup.repair import repair_index as rebuild_index
 from isidorus.backup.repository import Passphrase, Repository, add_key, key_params, read_config
@@ -34,7 +33,7 @@ from isidorus.backup.restorer import RestoreOptions, RestoreResult, restore_snap
 from isidorus.backup.types import Snapshot
 from isidorus.backup.verify import VerifyOptions, VerifyReport, verify_store
 from isidorus.errors import UsageError
-from isidorus.units import parse_size
+from isidorus.ops.stores import backend_for
 
 
 @dataclass(frozen=True)
@@ -45,52 +44,6 @@ class StoreRef:
     passphrase: Passphrase | None
     cache_dir: str
     settings: Mapping[str, Any] = field(default_factory=dict)  # s3_* for s3:// stores
-
-
-def rate_limit(settings: Mapping[str, Any]) -> RateLimit | None:
-    """The shared limit of what remote stores send, from the `limit_rate` setting."""
-    text = str(settings.get("limit_rate", "") or "")
-    return RateLimit(parse_size(text, "rate")) if text else None
-
-
-def backend_for(location: str, settings: Mapping[str, Any] | None = None) -> Backend:
-    """The backend of a store's location; `settings` are isidorus's (`s3_*`, `ssh_command`,
-    `limit_rate`…)."""
-    if location.startswith("s3://"):
-        # imported here: botocore takes a while to load, and local stores never need it
-        from isidorus.backup.remote.s3 import S3Backend, S3Options
-
-        conf = settings or {}
-        return S3Backend(
-            location,
-            S3Options(
-                endpoint=str(conf.get("s3_endpoint", "")),
-                region=str(conf.get("s3_region", "")),
-                addressing_style=str(conf.get("s3_addressing_style", "auto")),
-                credentials_file=str(conf.get("s3_credentials_file", "")),
-            ),
-        )
-    if location.startswith("ssh+isidorus://"):
-        from isidorus.backup.remote.served import ServedBackend
-
-        conf = settings or {}
-        return ServedBackend(
-            location,
-            str(conf.get("ssh_command", "ssh")),
-            rate_limit=rate_limit(conf),
-            remote_command=str(conf.get("remote_isidorus", "isidorus")),
-        )
-    if location.startswith("ssh://"):
-        from isidorus.backup.remote.sftp import SftpBackend
-
-        conf = settings or {}
-        return SftpBackend(
-            location, str(conf.get("ssh_command", "ssh")), rate_limit=rate_limit(conf)
-        )
-    if "://" in location:
-        scheme = location.split("://", 1)[0]
-        raise UsageError(f"stores of kind {scheme}:// are not supported yet: give a directory")
-    return LocalBackend(location)
 
 
 READ_ONLY = frozenset({"list", "ls", "cat", "diff", "restore", "verify"})

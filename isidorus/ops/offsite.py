@@ -23,7 +23,8 @@ from isidorus.backup.scrub import ScrubReport, check_same_store, repair_objects,
 from isidorus.backup.sync import SyncOptions, SyncResult, copy_store
 from isidorus.backup.verify import RepairReport, VerifyOptions, repair_from_copy, verify_store
 from isidorus.errors import UsageError
-from isidorus.ops.backups import StoreRef, backend_for, open_backend, opened
+from isidorus.ops.backups import StoreRef, open_backend, opened
+from isidorus.ops.stores import backend_for
 
 
 def _place(backend: Backend) -> Backend:
@@ -36,12 +37,14 @@ def _place(backend: Backend) -> Backend:
     return backend
 
 
-def sync(source: StoreRef, dest: str, options: SyncOptions, progress: Progress) -> SyncResult:
+def sync(
+    source: StoreRef, dest: str | Backend, options: SyncOptions, progress: Progress
+) -> SyncResult:
     """Copy to DEST the snapshots it lacks (all, or `options.snapshots`) with the objects
     they need, then (a full sync) remove from DEST what SOURCE no longer has. DEST may be
     absent or empty: it becomes a copy of the same store. Only a sync of chosen snapshots
     needs `source.passphrase`. Run it again after any interruption to carry on."""
-    dst = backend_for(dest, source.settings)
+    dst = backend_for(dest, source.settings) if isinstance(dest, str) else dest
     try:
         if isinstance(dst, ServedBackend):
             dst.connect_soon()  # while the source's session and listing are made

@@ -13,7 +13,7 @@ from isidorus.backup.errors import BackendError, StoreError
 from isidorus.backup.remote import conformance
 from isidorus.backup.remote.s3 import PART_SIZE, S3Backend, S3Options, parse_url
 from isidorus.errors import UsageError
-from isidorus.ops.backups import backend_for
+from isidorus.ops.stores import backend_for
 from tests.pg import free_port
 from tests.s3 import MIN_PART_SIZE
 

@@ -400,7 +400,7 @@ def test_threads_share_a_few_sessions(tmp_path):
 
 
 def test_backend_for_passes_the_ssh_settings():
-    from isidorus.ops.backups import backend_for
+    from isidorus.ops.stores import backend_for
 
     b = backend_for(
         "ssh://friend.example.org/srv/isidorus",
