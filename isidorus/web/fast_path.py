@@ -146,6 +146,7 @@ class FastPath(asyncio.Protocol):
         self.allow: bytes | None = None
         self.complete = False
         self.keep_alive = False
+        self.messages = 0
 
     # -- asyncio
 
@@ -238,12 +239,15 @@ class FastPath(asyncio.Protocol):
             self.parser = httptools.HttpRequestParser(self)
         self.cookie = self.allow = None
         self.complete = self.keep_alive = False
+        self.messages = 0
         try:
             self.parser.feed_data(head)
         except httptools.HttpParserUpgrade:
             return None  # the app decides what an upgrade gets
         except httptools.HttpParserError:
             return b""
+        if self.messages != 1:
+            return b""  # one head that the parser reads as two requests: never answer it
         if not self.complete:
             return None  # a body follows: the app reads it
         assert self.check is not None
@@ -261,6 +265,9 @@ class FastPath(asyncio.Protocol):
         return ANSWERS.start(verdict.status, self.server_state.default_headers) + tail
 
     # httptools' callbacks
+
+    def on_message_begin(self) -> None:
+        self.messages += 1
 
     def on_header(self, name: bytes, value: bytes) -> None:
         name = name.lower()

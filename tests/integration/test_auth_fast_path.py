@@ -9,6 +9,7 @@ import re
 import signal
 import socket
 import sqlite3
+import threading
 import time
 from dataclasses import dataclass
 
@@ -288,6 +289,19 @@ def test_bad_requests_are_refused_and_the_server_goes_on(host):
     # and the server still answers everyone
     assert ask(host, request(cookie=alice, allow="family")).status == 200
     assert host.web.poll() is None
+
+
+def test_a_client_that_does_not_read_is_not_read_either(host):
+    many = 30_000  # about 9 MB of answers: more than the sockets' buffers hold
+    with Connection(host.port) as c:
+        sender = threading.Thread(target=c.send, args=(request(allow="family") * many,))
+        sender.start()
+        time.sleep(1)  # nothing read: the server stops reading until its answers leave
+        statuses = [c.answer().status for _ in range(many)]
+        sender.join(timeout=30)
+        assert statuses == [401] * many
+        c.send(request(extra=("Connection: close",)))
+        assert c.answer().status == 401 and c.closed()
 
 
 def test_idle_and_slow_clients_are_closed(host):
