@@ -29,8 +29,7 @@ def _host(data_dir: str) -> str:
 
 
 def _config() -> tuple[dict[str, Any], jobs_config.JobsConfig, dict[str, settings.Remote]]:
-    path = settings.config_path()
-    return settings.load(), jobs_config.load(path), settings.load_remotes(path)
+    return jobs_config.host_config()
 
 
 @click.command()
@@ -40,23 +39,9 @@ def nightly(db: Any, data_dir: str, as_json: bool) -> None:
     """Run the nightly job now: back up every service and the system into the host's
     store, prune and gc it, copy it to every remote, verify a sample, notify. Exit 1 when
     a step failed; the night goes on after a failed step."""
-    from isidorus.ops.nightly import run_nightly
+    from isidorus.ops.nightly import nightly as run_nightly
 
-    conf, jobs, remotes = _config()
-    if jobs.notify.urls:
-        notify_.check_urls(jobs.notify.urls)
-    host = _host(data_dir)
-
-    def tell(run: Run) -> None:
-        findings = doctor_.diagnose(db, data_dir, conf, jobs, remotes)
-        message = notify_.night_message(run, findings, host, digest=jobs.notify.digest)
-        if message is None or not jobs.notify.urls:
-            return
-        failed = notify_.send(jobs.notify.urls, message)
-        for target in failed:
-            _say(f"warning: the notification to {target} failed")
-
-    done = run_nightly(db, data_dir, conf, jobs, remotes, _say, notify=tell)
+    done = run_nightly(db, data_dir, _say)
     if as_json:
         print_json(done.to_json())
     else:

@@ -72,6 +72,13 @@ class JobsConfig:
     notify: NotifyConfig
 
 
+def host_config() -> tuple[dict[str, Any], JobsConfig, dict[str, settings.Remote]]:
+    """What the nightly job, `doctor` and the schedule read, all from the one configuration
+    file: the settings, these two tables, and the remotes. UsageError for a bad file."""
+    path = settings.config_path()
+    return settings.load(), load(path), settings.load_remotes(path)
+
+
 def load(config_file: str | None = None) -> JobsConfig:
     """Both tables, from the configuration file and its .d/*.toml (a later file's keys
     win, key by key)."""

@@ -32,6 +32,7 @@ import contextlib
 import glob
 import os
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -47,6 +48,7 @@ from isidorus.backup.verify import VerifyOptions
 from isidorus.errors import IsidorusError, one_line
 from isidorus.ops import runs
 from isidorus.ops.backups import StoreRef, create_backup, gc, prune, verify
+from isidorus.ops.database import read_config
 from isidorus.ops.jobs_config import JobsConfig
 from isidorus.ops.offsite import sync
 from isidorus.ops.runs import Run, Step
@@ -65,6 +67,8 @@ TAG = "nightly"
 
 class NightlyBusy(IsidorusError):
     """Another nightly job runs."""
+
+    http_status = 409
 
 
 @dataclass
@@ -120,6 +124,36 @@ def _only_one(data_dir: str) -> contextlib.AbstractContextManager[None]:
         )
 
     return only_one(os.path.join(data_dir, LOCK_FILE), busy)
+
+
+def check_idle(data_dir: str) -> None:
+    """NightlyBusy when a nightly job runs now (the timer's, the command line's or one the
+    web started): told at once to the one who asks for another, before it is started."""
+    with _only_one(data_dir):
+        pass
+
+
+def nightly(db: Database, data_dir: str, say: Say) -> Run:
+    """The nightly job as `isidorus nightly` runs it: the configuration file read (the
+    notification targets checked first: UsageError), every step run (see run_nightly),
+    then what went wrong, and what `doctor` finds serious, told to the targets (a target
+    that fails is said, not raised)."""
+    from isidorus.ops import doctor, jobs_config, notify
+
+    conf, jobs, remotes = jobs_config.host_config()
+    if jobs.notify.urls:
+        notify.check_urls(jobs.notify.urls)
+    host = str(read_config(data_dir).get("domain") or socket.getfqdn())
+
+    def tell(run: Run) -> None:
+        findings = doctor.diagnose(db, data_dir, conf, jobs, remotes)
+        message = notify.night_message(run, findings, host, digest=jobs.notify.digest)
+        if message is None or not jobs.notify.urls:
+            return
+        for target in notify.send(jobs.notify.urls, message):
+            say(f"warning: the notification to {target} failed")
+
+    return run_nightly(db, data_dir, conf, jobs, remotes, say, notify=tell)
 
 
 def run_nightly(

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from isidorus import settings
-from isidorus.errors import UsageError
+from isidorus.errors import NotFoundError, UsageError
 from isidorus.ops import service_backups
 from isidorus.ops.accounts import audit
 from isidorus.ops.database import read_config
@@ -102,6 +102,30 @@ def _check_place(domain: str, path: str) -> None:
         raise UsageError(f"{domain!r} is not a domain name: write it like cal.example.org")
     if not _PATH.fullmatch(path):
         raise UsageError(f"{path!r} is not a path: write / or /name (letters, digits, . _ ~ -)")
+
+
+def check_install(db: Database, data_dir: str, options: InstallOptions) -> None:
+    """What `install` would refuse before changing anything, told before it is started in
+    the background: NotFoundError for a service the catalog lacks, UsageError for a domain
+    or path that is not one, ServiceError for a group that does not exist or a service
+    that is here already. Changes nothing."""
+    own = str(settings.load()["services_dir"])
+    if options.service not in catalog_.entries(own):
+        raise NotFoundError(
+            f"there is no service {options.service!r} in the catalog: see "
+            "`isidorus service catalog`"
+        )
+    host_domain = str(read_config(data_dir).get("domain", "localhost"))
+    _check_place((options.domain or f"{options.service}.{host_domain}").lower(), options.path)
+    with db.read() as conn:
+        installed.group_ids(conn, options.allow)
+        installed.check_absent(conn, options.service)
+
+
+def get_installed(db: Database, service: str) -> Installed:
+    """The service as recorded; NotInstalled (HTTP 404) when it is not here."""
+    with db.read() as conn:
+        return installed.get(conn, service)
 
 
 def install(

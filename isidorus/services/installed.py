@@ -37,22 +37,29 @@ def site_url(domain: str, path: str, *, tls: bool = True, port: int | None = Non
     return f"{scheme}://{where}{path if path.endswith('/') else path + '/'}"
 
 
+def check_absent(conn: Connection, service_id: str) -> None:
+    """ServiceError when the service is here: installed, or an install running or
+    interrupted."""
+    row = conn.execute(select(services.c.state).where(services.c.id == service_id)).first()
+    if row is None:
+        return
+    if row.state == "installing":
+        raise ServiceError(
+            f"{service_id} is being installed, or an install of it was interrupted: wait "
+            f"for it, or run `isidorus service remove {service_id} --purge` and install again"
+        )
+    raise ServiceError(
+        f"{service_id} is already installed: see `isidorus service list`, or "
+        f"`isidorus service upgrade {service_id}`"
+    )
+
+
 def begin(
     conn: Connection, manifest: Manifest, domain: str, path: str, url: str | None = None
 ) -> None:
     """Record an install as started; refuses a service already there (installed, or an
     install running or interrupted)."""
-    row = conn.execute(select(services.c.state).where(services.c.id == manifest.id)).first()
-    if row is not None:
-        if row.state == "installing":
-            raise ServiceError(
-                f"{manifest.id} is being installed, or an install of it was interrupted: wait "
-                f"for it, or run `isidorus service remove {manifest.id} --purge` and install again"
-            )
-        raise ServiceError(
-            f"{manifest.id} is already installed: see `isidorus service list`, or "
-            f"`isidorus service upgrade {manifest.id}`"
-        )
+    check_absent(conn, manifest.id)
     now = datetime.now(UTC)
     conn.execute(
         insert(services).values(

@@ -1,5 +1,6 @@
-"""The REST API, mounted at `/api`: the accounts commands under `/api/v1`, described by the
-OpenAPI document at `/api/openapi.json`.
+"""The REST API, mounted at `/api`: the accounts commands under `/api/v1` (this module),
+the services commands (api_services.py) and the host's operations (api_operations.py),
+described by the OpenAPI document at `/api/openapi.json`.
 
 Callers present an admin's API token (`Authorization: Bearer isi_…`) and act with that
 admin's rights; each change goes to the audit log as `api:<token name>`. Every endpoint
@@ -31,10 +32,14 @@ from isidorus.accounts.tokens import MAX_DAYS, ApiToken
 from isidorus.accounts.users import EMAIL_PATTERN, NAME_PATTERN, User
 from isidorus.errors import IsidorusError
 from isidorus.ops import accounts as ops
+from isidorus.ops import services as ops_services
 from isidorus.ops import tokens as ops_tokens
 from isidorus.ops.tokens import Caller
+from isidorus.services.errors import ServiceError
 from isidorus.state.db import Database
 from isidorus.web.base import Forbidden
+from isidorus.web.jobs import Jobs
+from isidorus.web.status import ListServices
 
 PREFIX = "/api"
 
@@ -240,17 +245,17 @@ def caller(
 Db = Annotated[Database, Depends(state)]
 Auth = Annotated[Caller, Depends(caller)]
 
-router = APIRouter(
-    prefix="/v1",
-    responses={
-        401: {"model": ErrorBody, "description": "No token, or one that is refused."},
-        403: {
-            "model": ErrorBody,
-            "description": "The token's user is not an admin, or acts on their own account.",
-        },
-        422: {"model": ErrorBody, "description": "The request does not fit this document."},
+# every endpoint may answer these
+COMMON: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "No token, or one that is refused."},
+    403: {
+        "model": ErrorBody,
+        "description": "The token's user is not an admin, or acts on their own account.",
     },
-)
+    422: {"model": ErrorBody, "description": "The request does not fit this document."},
+}
+
+router = APIRouter(prefix="/v1", responses=COMMON)
 
 
 @router.get("/me", tags=["tokens"])
@@ -423,6 +428,8 @@ def _validation_message(exc: RequestValidationError) -> str:
 async def api_error(request: Request, exc: Exception) -> Response:
     """Every error of the API as JSON: the API's own, and those of the server around it
     (a path that reaches no route of the API is answered by the server, not by the API)."""
+    if type(exc) is ServiceError:  # a change of a service refused as things stand
+        return json_error(409, str(exc))
     if isinstance(exc, IsidorusError):
         return json_error(exc.http_status, str(exc))
     if isinstance(exc, RequestValidationError):
@@ -437,12 +444,27 @@ async def api_error(request: Request, exc: Exception) -> Response:
     return json_error(500, "an internal error occurred")
 
 
-def create_api(db: Database) -> FastAPI:
-    """The API as an application of its own, to mount at `/api`."""
+def routers() -> list[APIRouter]:
+    """Every router of the API: this module's, the services' and the operations'."""
+    from isidorus.web import api_operations, api_services  # they build on this module
+
+    return [router, api_services.router, api_operations.router]
+
+
+def create_api(
+    db: Database,
+    data_dir: str,
+    jobs: Jobs | None = None,
+    list_services: ListServices | None = None,
+) -> FastAPI:
+    """The API as an application of its own, to mount at `/api`, over the host at
+    `data_dir`: `jobs` are the services' background jobs (shared with the admin area's
+    pages), `list_services` checks the installed services (default: as the command does)."""
     api = FastAPI(
         title="isidorus",
         version=__version__,
-        summary="Accounts, groups, API tokens and the audit log of an isidorus host.",
+        summary="Accounts, groups, API tokens, the audit log, the services and the "
+        "operations of an isidorus host.",
         openapi_url="/openapi.json",
         # the interactive pages load their scripts from a CDN: no page of isidorus may
         docs_url=None,
@@ -456,5 +478,10 @@ def create_api(db: Database) -> FastAPI:
         },
     )
     api.state.db = db
-    api.include_router(router)
+    api.state.data_dir = data_dir
+    api.state.jobs = jobs or Jobs(data_dir)
+    api.state.host_jobs = Jobs(data_dir, "host-jobs")
+    api.state.list_services = list_services or ops_services.list_installed
+    for r in routers():
+        api.include_router(r, responses=COMMON)
     return api

@@ -116,13 +116,14 @@ def create_app(data_dir: str, list_services: ListServices | None = None) -> Star
     board = StatusBoard(db, data_dir, list_services or services.list_installed)
     watch = StoreWatch()  # the stores' snapshots, read again when they change
     pages = Pages(host, db, board)
+    jobs = Jobs(data_dir)  # the services' background jobs: the admin area's and the API's
     routes: list[BaseRoute] = [
         *pages.routes(),
         *Admin(host, db).routes(),
-        *ServicesAdmin(host, db, board, Jobs(data_dir)).routes(),
+        *ServicesAdmin(host, db, board, jobs).routes(),
         *BackupsAdmin(host, db, watch).routes(),
         *Metrics(host, db, board, watch).routes(),
-        Mount("/api", app=create_api(db)),
+        Mount("/api", app=create_api(db, data_dir, jobs, list_services)),
         *Oidc(host, db).routes(),
         Mount("/static", StaticFiles(directory=os.path.join(HERE, "static")), name="static"),
     ]

@@ -44,7 +44,7 @@ class Busy(IsidorusError):
 @dataclass(frozen=True)
 class Job:
     service: str
-    action: str  # install, remove, restart
+    action: str  # install, remove, restart, upgrade, backup, restore; nightly
     actor: str
     state: str  # running, done, failed, interrupted
     lines: tuple[str, ...]
@@ -58,8 +58,12 @@ class Job:
 
 
 class Jobs:
-    def __init__(self, data_dir: str) -> None:
-        self.dir = os.path.join(data_dir, "jobs")
+    """The jobs kept in `DATA_DIR/<folder>`, one per name: the services' in `jobs`, each
+    under its service's id; the host's (the nightly job started from the API) in
+    `host-jobs`, so that no service's id can name one of them."""
+
+    def __init__(self, data_dir: str, folder: str = "jobs") -> None:
+        self.dir = os.path.join(data_dir, folder)
 
     def _path(self, service: str, ext: str) -> str:
         if not re.fullmatch(ID_RE, service):  # it comes from a URL: no path of its own
@@ -168,11 +172,15 @@ class Jobs:
         found = (self.get(n[: -len(".json")]) for n in names if re.match(r"[a-z].*\.json$", n))
         return [j for j in found if j is not None]
 
-    def clear(self, service: str) -> None:
-        """Forget the last job on `service` (Busy while it runs)."""
+    def idle(self, service: str) -> None:
+        """Busy when a job on `service` runs (a change of it waits for the job's end)."""
         job = self.get(service)
         if job is not None and job.running:
             raise Busy(gettext("%(service)s is being changed: wait for it") % {"service": service})
+
+    def clear(self, service: str) -> None:
+        """Forget the last job on `service` (Busy while it runs)."""
+        self.idle(service)
         with contextlib.suppress(FileNotFoundError):
             os.remove(self._path(service, "json"))
 

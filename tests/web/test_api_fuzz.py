@@ -4,6 +4,13 @@ is one that the document describes.
 
 Each operation gets data that fits the document and data that does not. The operations
 share one host, so what one makes (users, groups, tokens) the next may meet.
+
+The operations that start background jobs (installs, removals, upgrades, backups, restores
+of services, and the nightly job) are not fuzzed: on a host where a service is
+installable they would really install it (apt, users, nginx) on the machine that runs the
+tests. test_api_services.py tests them, over a test catalog and stand-ins for the host's
+programs. Their functions are also replaced here by ones that fail the test, in case any
+other operation reaches them.
 """
 
 import pytest
@@ -15,18 +22,62 @@ from schemathesis.config import SchemathesisConfig
 
 from isidorus.ops import accounts as ops
 from isidorus.ops import tokens as ops_tokens
-from isidorus.web.api import router
+from isidorus.web.api import routers
 from isidorus.web.app import create_app
 
 # (schemathesis' own pytest loader for fixtures does not run on this pytest, so the
-# operations are listed from the API's router, and checked against the document below)
-OPERATIONS = sorted(
+# operations are listed from the API's routers, and checked against the document below)
+EVERY = sorted(
     (method, route.path)
+    for router in routers()
     for route in router.routes
     if isinstance(route, APIRoute)
     for method in route.methods
 )
+# they start background jobs that change the machine: see the docstring
+NOT_FUZZED = {
+    ("POST", f"/v1/services/{{id}}/{action}")
+    for action in ("install", "remove", "upgrade", "backup", "restore")
+} | {("POST", "/v1/nightly")}
+OPERATIONS = [op for op in EVERY if op not in NOT_FUZZED]
+# what those jobs would call: reached by no fuzzed operation
+CHANGES = [
+    ("isidorus.ops.services", "install"),
+    ("isidorus.ops.services", "remove"),
+    ("isidorus.ops.services", "upgrade"),
+    ("isidorus.ops.service_backups", "backup_service"),
+    ("isidorus.ops.service_backups", "restore_service"),
+    ("isidorus.ops.nightly", "nightly"),
+    ("isidorus.ops.nightly", "run_nightly"),
+]
 EXAMPLES = 15  # per operation and mode: the whole run stays well under a minute
+
+
+@pytest.fixture(scope="module", autouse=True)
+def machinery(tmp_path_factory):
+    """No configuration file of this machine, nginx's files in a temporary directory, no
+    catalog of the operator's; and the functions that change the host fail the test."""
+    where = tmp_path_factory.mktemp("machinery")
+    for name in ("nginx", "logs", "services", "data", "etc", "tls"):
+        (where / name).mkdir()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ISIDORUS_CONFIG", str(where / "no-config.toml"))
+        mp.setenv("ISIDORUS_NGINX_SITES_DIR", str(where / "nginx"))
+        mp.setenv("ISIDORUS_NGINX_TEST_COMMAND", "false")
+        mp.setenv("ISIDORUS_NGINX_RELOAD_COMMAND", "false")
+        mp.setenv("ISIDORUS_SERVICE_LOG_DIR", str(where / "logs"))
+        mp.setenv("ISIDORUS_SERVICES_DIR", str(where / "services"))
+        mp.setenv("ISIDORUS_SERVICE_DATA_ROOT", str(where / "data"))
+        mp.setenv("ISIDORUS_SERVICE_CONFIG_ROOT", str(where / "etc"))
+        mp.setenv("ISIDORUS_TLS_DIR", str(where / "tls"))
+        mp.setenv("ISIDORUS_BACKUP_STORE", str(where / "store"))
+        for module, name in CHANGES:
+
+            def refuse(*args, _name=name, **kwargs):
+                pytest.fail(f"the fuzzing reached {_name}, which changes the host")
+
+            mp.setattr(f"{module}.{name}", refuse)
+        yield where
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +118,8 @@ def test_every_operation_is_fuzzed(schema):
     documented = sorted(
         (op.ok().method.upper(), op.ok().path) for op in schema.get_all_operations()
     )
-    assert documented == OPERATIONS
+    assert documented == EVERY
+    assert set(EVERY) >= NOT_FUZZED
 
 
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
