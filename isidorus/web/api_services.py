@@ -350,14 +350,12 @@ def upgrade(
     db: Db, who: Auth, where: DataDir, all_jobs: ServiceJobs, service: ServiceId, response: Response
 ) -> JobOut:
     """Upgrade the service to its catalog's version, backed up first, in the background;
-    on failure the old version is put back with its data, and the job failed says so."""
+    the job's note is then the version that runs. On failure the old version is put back
+    with its data, and the failed job says so."""
     ops.get_installed(db, service)
 
     def work(say: Say) -> str:
-        done = ops.upgrade(db, where, service, who.actor, say)
-        if not done.upgraded:
-            return f"{service} is already at {done.version}"
-        return f"{service} upgraded from {done.old_version} to {done.version}"
+        return ops.upgrade(db, where, service, who.actor, say).version
 
     return start(response, all_jobs, service, "upgrade", who.actor, work)
 

@@ -1,5 +1,6 @@
-"""Changes of services that take minutes (install, remove, restart), run from the admin
-area in a thread of the server process that got the form.
+"""Changes of services that take minutes (install, remove, restart; upgrade, backup,
+restore), and the nightly job, run from the admin area or the REST API in a thread of the
+server process that got the form or the request.
 
 The server runs several processes, so a job's progress is kept in a file every process
 reads: `DATA_DIR/jobs/<service>.json`, replaced whole at each line. A job holds an

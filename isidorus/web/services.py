@@ -24,7 +24,7 @@ from isidorus.services.manifest import ID_RE, Manifest
 from isidorus.state.db import Database
 from isidorus.web.base import Host, Views
 from isidorus.web.i18n import N_, gettext, message_of
-from isidorus.web.jobs import Busy, Job, Jobs
+from isidorus.web.jobs import Job, Jobs
 from isidorus.web.status import Status, StatusBoard
 
 LOG_LINES = 100
@@ -318,9 +318,7 @@ class ServicesAdmin(Views):
         return f"/admin/services/{service}"
 
     def _idle(self, service: str) -> None:
-        job = self.jobs.get(service)
-        if job is not None and job.running:
-            raise Busy(gettext("%(service)s is being changed: wait for it") % {"service": service})
+        self.jobs.idle(service)
 
     def allow(self, session: Session, form: dict[str, str], service: str) -> str:
         self._idle(service)

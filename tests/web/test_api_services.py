@@ -27,12 +27,12 @@ from isidorus.ops import services as ops_services
 from isidorus.ops import tokens as ops_tokens
 from isidorus.ops import updates as ops_updates
 from isidorus.ops.runs import Step
-from isidorus.services import installed
+from isidorus.services import catalog, installed
 from isidorus.state.schema import audit_log, users
 from isidorus.web.app import create_app
 from tests.web.test_api import assert_error
-from tests.web.test_app import host  # noqa: F401  (fixture)
-from tests.web.test_services import FakeStatus, make_installed
+from tests.web.test_app import host, login  # noqa: F401  (fixture)
+from tests.web.test_services import ADMIN_PW, FakeStatus, make_installed
 
 V1 = "/api/v1"
 
@@ -348,7 +348,7 @@ def test_an_upgrade_with_nothing_to_do(api, host):  # noqa: F811
     assert r.status_code == 202
     job = wait_for(api, r.headers["location"])
     assert job["state"] == "done" and job["action"] == "upgrade"
-    assert job["note"].startswith("radicale is already at ")
+    assert job["note"] == catalog.get("radicale").manifest.version
 
 
 def test_a_backup_and_a_restore_that_fail_say_why(api, host):  # noqa: F811
@@ -362,6 +362,9 @@ def test_a_backup_and_a_restore_that_fail_say_why(api, host):  # noqa: F811
     assert r.status_code == 202
     job = wait_for(api, r.headers["location"])
     assert job["state"] == "failed" and job["action"] == "restore" and job["note"]
+    # the admin area's page shows the API's jobs, in its words
+    login(api, "admin", ADMIN_PW)
+    assert "The restore of radicale failed: " in api.get("/admin/services").text
     assert_error(api.post(f"{V1}/services/radicale/restore", json={}), 422, "snapshot")
     bad = {"snapshot": "../x"}
     assert_error(api.post(f"{V1}/services/radicale/restore", json=bad), 422, "snapshot")
