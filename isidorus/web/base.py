@@ -9,8 +9,9 @@ import re
 import time
 import tomllib
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar, cast
 from urllib.parse import urlencode, urlsplit
 
 import jinja2
@@ -211,6 +212,35 @@ class Host:
     def cookie_domain(self) -> str | None:
         # shared with the services on subdomains (not possible for a bare "localhost")
         return self.domain if "." in self.domain else None
+
+
+T = TypeVar("T")
+
+
+class StateMemo:
+    """Values read from the state database for every visitor (the installed services,
+    the latest off-site copy), kept while the database is unchanged: the same mark as
+    SessionCache's (any commit, by any process, on SQLite; a write of this process, or
+    FALLBACK_TTL seconds, elsewhere), and never longer than TTL."""
+
+    TTL = 60.0
+    FALLBACK_TTL = 1.0
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.values: dict[str, tuple[Any, float, tuple[int, int]]] = {}
+
+    def get(self, key: str, compute: Callable[[], T]) -> T:
+        now = time.monotonic()
+        version = self.db.data_version()  # before computing: a commit meanwhile makes it stale
+        mark = (self.db.generation, -1 if version is None else version)
+        ttl = self.FALLBACK_TTL if version is None else self.TTL
+        hit = self.values.get(key)
+        if hit is not None and hit[2] == mark and now - hit[1] < ttl:
+            return cast(T, hit[0])
+        value = compute()
+        self.values[key] = (value, now, mark)
+        return value
 
 
 class SessionCache:

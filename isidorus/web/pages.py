@@ -26,6 +26,7 @@ from isidorus.web.base import (
     COOKIE,
     CSRF_COOKIE,
     Host,
+    StateMemo,
     Views,
     content_security_policy,
     safe_next,
@@ -50,6 +51,7 @@ class Pages(Views):
     def __init__(self, host: Host, db: Database, board: StatusBoard) -> None:
         super().__init__(host, db)
         self.board = board
+        self.memo = StateMemo(db)
         self.auth = AuthCheck(self.sessions)
 
     def routes(self) -> list[Route]:
@@ -70,10 +72,14 @@ class Pages(Views):
         ]
 
     async def public(self, request: Request) -> Response:
-        found = [s for s in access.installed_services(self.db) if s.state == "installed"]
-        statuses = await run_in_threadpool(self.board.cached, found)
+        every = self.memo.get("services", lambda: access.installed_services(self.db))
+        found = [s for s in every if s.state == "installed"]
+        if not found or self.board.warm():
+            statuses = self.board.cached(found)
+        else:  # the first visit of this process waits for the services' check
+            statuses = await run_in_threadpool(self.board.cached, found)
         shown = [(s, statuses.get(s.id, Status("unknown", ""))) for s in found]
-        offsite = monitoring.last_offsite_copy(self.db)
+        offsite = self.memo.get("offsite", lambda: monitoring.last_offsite_copy(self.db))
         return self.page(request, "public.html", services=shown, offsite=offsite)
 
     async def login_form(self, request: Request) -> Response:
@@ -215,7 +221,8 @@ class Pages(Views):
     def portal_page(
         self, request: Request, session: Session, status: int = 200, error: str = ""
     ) -> Response:
-        mine = access.usable_by(session.user, access.installed_services(self.db))
+        every = self.memo.get("services", lambda: access.installed_services(self.db))
+        mine = access.usable_by(session.user, every)
         return self.page(
             request, "portal.html", status=status, session=session, error=error, services=mine
         )

@@ -56,6 +56,10 @@ class StatusBoard:
         with self._probing:
             return self._probe(rows)
 
+    def warm(self) -> bool:
+        """Whether cached() answers at once (a check has been made)."""
+        return self._snapshot is not None
+
     def cached(self, rows: list[Installed]) -> dict[str, Status]:
         """What the last check found; a stale one starts a check in the background. Only
         the very first call of a process waits for a check."""
