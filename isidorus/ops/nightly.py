@@ -34,10 +34,8 @@ import os
 import shutil
 import socket
 import subprocess
-import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from isidorus.backup.archiver import BackupOptions
@@ -45,13 +43,13 @@ from isidorus.backup.gc import GcOptions
 from isidorus.backup.progress import NullProgress
 from isidorus.backup.sync import SyncOptions
 from isidorus.backup.verify import VerifyOptions
-from isidorus.errors import IsidorusError, one_line
+from isidorus.errors import IsidorusError
 from isidorus.ops import runs
 from isidorus.ops.backups import StoreRef, create_backup, gc, prune, verify
 from isidorus.ops.database import read_config
 from isidorus.ops.jobs_config import JobsConfig
 from isidorus.ops.offsite import sync
-from isidorus.ops.runs import Run, Step
+from isidorus.ops.runs import Recorder, Run, Step, StepFailed
 from isidorus.services import databases, installed, lifecycle
 from isidorus.services.errors import NothingToSave, ServiceError
 from isidorus.settings import Remote
@@ -72,8 +70,8 @@ class NightlyBusy(IsidorusError):
 
 
 @dataclass
-class Night:
-    """What a running night needs, and what it has said so far."""
+class Night(Recorder):
+    """What a running night needs; a recorder of its run."""
 
     db: Database
     data_dir: str
@@ -83,36 +81,6 @@ class Night:
     say: Say
     run_id: int = 0
     lines: list[str] = field(default_factory=list)
-
-    def tell(self, line: str) -> None:
-        stamp = datetime.now(UTC).strftime("%H:%M:%S")
-        self.lines.append(f"{stamp} {line}")
-        self.say(line)
-
-    @property
-    def log(self) -> str:
-        return "\n".join(self.lines) + ("\n" if self.lines else "")
-
-
-class StepFailed(Exception):
-    """Raised inside a step to mark it failed with this message."""
-
-
-@contextlib.contextmanager
-def _step(night: Night, step: str, target: str = "") -> Iterator[Step]:
-    """Time a step and record it. The body fills the step's figures; an expected error
-    (IsidorusError, HostError, OSError, StepFailed) marks it failed and is not raised
-    further: the night goes on."""
-    record = Step(step=step, target=target, status="ok", started_at=datetime.now(UTC))
-    began = time.monotonic()
-    try:
-        yield record
-    except (IsidorusError, OSError, StepFailed) as exc:
-        record.status = "failed"
-        record.error = one_line(exc)
-        night.tell(f"{step} {target}: failed: {record.error}".replace("  ", " "))
-    record.seconds = time.monotonic() - began
-    runs.add_step(night.db, night.run_id, record, night.log)
 
 
 def _only_one(data_dir: str) -> contextlib.AbstractContextManager[None]:
@@ -203,13 +171,13 @@ def _store(night: Night) -> StoreRef | None:
     from isidorus.ops.service_backups import store_ref
 
     ref: StoreRef | None = None
-    with _step(night, "store", str(night.conf["backup_store"])):
+    with night.step("store", str(night.conf["backup_store"])):
         ref = store_ref(night.conf, create=True)
     return ref
 
 
 def _save_state(night: Night) -> None:
-    with _step(night, "state") as step:
+    with night.step("state") as step:
         path = dump_state(night.db, os.path.join(night.data_dir, STATE_DIR))
         step.bytes = os.path.getsize(path)
         step.detail = {"file": path}
@@ -270,7 +238,7 @@ def _save_services(night: Night, ref: StoreRef) -> None:
         try:
             with changing(service.id):
                 if manifest.data.databases:
-                    with _step(night, "dump", service.id) as step:
+                    with night.step("dump", service.id) as step:
                         dumps = dump_dir(tools, service.id)
                         _fresh_dir(dumps)
                         where = lifecycle.placement(tools, manifest, service.domain, service.path)
@@ -278,7 +246,7 @@ def _save_services(night: Night, ref: StoreRef) -> None:
                         step.bytes = _size(dumps)
                     if step.status == "failed":
                         continue  # a snapshot without its dumps would not restore
-                with _step(night, "backup", service.id) as step:
+                with night.step("backup", service.id) as step:
                     try:
                         done = snapshot_service(ref, tools, service, dumps, night.tell, tags=(TAG,))
                     except NothingToSave as exc:
@@ -288,7 +256,7 @@ def _save_services(night: Night, ref: StoreRef) -> None:
                     if done.result.partial:
                         raise StepFailed(_partial(done.result))
         except ServiceError as exc:  # busy: an upgrade or a restore runs
-            with _step(night, "backup", service.id):
+            with night.step("backup", service.id):
                 raise StepFailed(str(exc)) from None
         finally:
             if dumps is not None:
@@ -297,7 +265,7 @@ def _save_services(night: Night, ref: StoreRef) -> None:
 
 def _save_system(night: Night, ref: StoreRef) -> None:
     nightly = night.jobs.nightly
-    with _step(night, "backup", "system") as step:
+    with night.step("backup", "system") as step:
         paths = [p for p in (*nightly.paths, night.data_dir) if os.path.lexists(p)]
         missing = [p for p in nightly.paths if not os.path.lexists(p)]
         if missing:
@@ -331,7 +299,7 @@ def _security_updates(night: Night) -> None:
         return
     from isidorus.ops.updates import apply_updates
 
-    with _step(night, "updates") as step:
+    with night.step("updates") as step:
         done = apply_updates(
             night.db, night.data_dir, security_only=True, actor="nightly", say=night.tell
         )
@@ -346,11 +314,11 @@ def _security_updates(night: Night) -> None:
 
 def _prune_and_gc(night: Night, ref: StoreRef) -> None:
     keep = night.jobs.nightly.keep
-    with _step(night, "prune", "local") as step:
+    with night.step("prune", "local") as step:
         plan = prune(ref, keep, tags=(TAG,))
         step.detail = {"kept": len(plan.to_keep), "removed": plan.removed}
         night.tell(f"prune kept {len(plan.to_keep)} snapshots, removed {plan.removed}")
-    with _step(night, "gc", "local") as step:
+    with night.step("gc", "local") as step:
         result = gc(ref, GcOptions(wait=False), NullProgress())
         if result.waiting_for:
             step.status = "skipped"
@@ -364,7 +332,7 @@ def _sync(night: Night, ref: StoreRef) -> None:
     wanted = night.jobs.nightly.remotes
     names = list(night.remotes) if wanted is None else list(wanted)
     for name in names:
-        with _step(night, "sync", name) as step:
+        with night.step("sync", name) as step:
             remote = night.remotes.get(name)
             if remote is None:
                 raise StepFailed(
@@ -391,7 +359,7 @@ def _verify(night: Night, ref: StoreRef) -> None:
     percent = night.jobs.nightly.verify_percent
     if percent <= 0:
         return
-    with _step(night, "verify", "local") as step:
+    with night.step("verify", "local") as step:
         report = verify(ref, VerifyOptions(sample_percent=percent), NullProgress())
         step.detail = {
             "sample_percent": percent,
@@ -415,7 +383,7 @@ def _certificates(night: Night) -> None:
     with night.db.read() as conn:
         if not installed.all_installed(conn):
             return
-    with _step(night, "certificates") as step:
+    with night.step("certificates") as step:
         done = renew(night.db, night.data_dir, "nightly", night.tell)
         step.detail = {"renewed": [c.domain for c in done if c.renewed]}
         problems = [c.problem for c in done if c.problem]

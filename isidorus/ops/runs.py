@@ -8,15 +8,18 @@ A run is written as it goes (its steps and log when each step ends), so a run cu
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, func, select, update
 
-from isidorus.errors import NotFoundError, UsageError
+from isidorus.errors import IsidorusError, NotFoundError, UsageError, one_line
 from isidorus.state.db import Database
 from isidorus.state.schema import run_steps, runs
 
@@ -82,6 +85,52 @@ class Run:
         if with_log:
             doc["log"] = self.log.splitlines()
         return doc
+
+
+class StepFailed(Exception):
+    """Raised inside a step to mark it failed with this message."""
+
+
+class Recorder:
+    """A run being written: what it says (to `say`, and to its log with the time) and its
+    steps, each recorded as it ends with the log so far. The night and the updates are
+    recorders; `run_id` is set once `begin` made the run."""
+
+    db: Database
+    say: Callable[[str], None]
+    run_id: int
+    lines: list[str]
+
+    def __init__(self, db: Database, say: Callable[[str], None]) -> None:
+        self.db, self.say, self.run_id, self.lines = db, say, 0, []
+
+    def note(self, line: str) -> None:
+        """Into the log only."""
+        self.lines.append(f"{datetime.now(UTC):%H:%M:%S} {line}")
+
+    def tell(self, line: str) -> None:
+        self.note(line)
+        self.say(line)
+
+    @property
+    def log(self) -> str:
+        return "".join(line + "\n" for line in self.lines)
+
+    @contextlib.contextmanager
+    def step(self, step: str, target: str = "") -> Iterator[Step]:
+        """Time a step and record it. The body fills the step's figures (and may set its
+        status to "skipped"); an expected error (IsidorusError, OSError, StepFailed) marks
+        it failed, is told, and goes no further: the run goes on."""
+        record = Step(step=step, target=target, status="ok", started_at=datetime.now(UTC))
+        began = time.monotonic()
+        try:
+            yield record
+        except (IsidorusError, OSError, StepFailed) as exc:
+            record.status = "failed"
+            record.error = one_line(exc)
+            self.tell(f"{step} {target}: failed: {record.error}".replace("  ", " "))
+        record.seconds = time.monotonic() - began
+        add_step(self.db, self.run_id, record, self.log)
 
 
 def _iso(when: datetime) -> str:

@@ -24,19 +24,17 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from isidorus import settings
-from isidorus.errors import IsidorusError, UsageError, one_line
+from isidorus.errors import IsidorusError, UsageError
 from isidorus.ops import runs, service_backups
 from isidorus.ops import services as services_
 from isidorus.ops.accounts import audit
 from isidorus.ops.database import read_config
-from isidorus.ops.runs import Run, Step
+from isidorus.ops.runs import Recorder, Run, StepFailed
 from isidorus.services import catalog as catalog_
 from isidorus.services import installed, lifecycle
 from isidorus.services.installed import Installed
@@ -52,10 +50,6 @@ LOCK_PATH = "/run/lock/isidorus-update.lock"
 
 class UpdateError(IsidorusError):
     """An update cannot start: another one runs."""
-
-
-class StepFailed(Exception):
-    """Raised inside a step to mark it failed with this message."""
 
 
 def _quiet(_line: str) -> None:
@@ -184,7 +178,7 @@ def summary(run: Run, status: str | None = None) -> str:
 
 
 @dataclass
-class _Update:
+class _Update(Recorder):
     db: Database
     data_dir: str
     conf: Mapping[str, Any]
@@ -197,38 +191,12 @@ class _Update:
     upgraded: set[str] = field(default_factory=set)  # services upgraded (and restarted)
     _tools: lifecycle.Machinery | None = None
 
-    def tell(self, line: str) -> None:
-        self.note(line)
-        self.say(line)
-
-    def note(self, line: str) -> None:
-        self.lines.append(f"{datetime.now(UTC):%H:%M:%S} {line}")
-
-    @property
-    def log(self) -> str:
-        return "".join(line + "\n" for line in self.lines)
-
     @property
     def tools(self) -> lifecycle.Machinery:
         if self._tools is None:
             domain = str(read_config(self.data_dir).get("domain", "localhost"))
             self._tools = services_.machinery(self.conf, domain)
         return self._tools
-
-    @contextlib.contextmanager
-    def step(self, step: str, target: str = "") -> Iterator[Step]:
-        """Time a step and record it; an expected error marks it failed, and the update
-        goes on."""
-        record = Step(step=step, target=target, status="ok", started_at=datetime.now(UTC))
-        began = time.monotonic()
-        try:
-            yield record
-        except (IsidorusError, OSError, StepFailed) as exc:
-            record.status = "failed"
-            record.error = one_line(exc)
-            self.tell(f"{step} {target}: failed: {record.error}".replace("  ", " "))
-        record.seconds = time.monotonic() - began
-        runs.add_step(self.db, self.run_id, record, self.log)
 
     def services(self) -> list[Installed]:
         with self.db.read() as conn:
