@@ -38,8 +38,14 @@ def _listen(value: str) -> tuple[str, int]:
     metavar="N",
     help="Server processes (default: one per CPU).",
 )
-def serve(data_dir: str | None, listen: str, workers: int | None) -> None:
-    """Run the web server; a host not yet initialised is set up first."""
+@click.option(
+    "--scheduler",
+    is_flag=True,
+    help="Also run the nightly job at [nightly] time (hosts without systemd's timer).",
+)
+def serve(data_dir: str | None, listen: str, workers: int | None, scheduler: bool) -> None:
+    """Run the web server; a host not yet initialised is set up first. With --scheduler
+    it also runs the nightly job every night, as `isidorus schedule run` does."""
     import uvicorn  # only this command needs the server
 
     from isidorus.web.app import DATA_DIR_VARIABLE, create_app, settle
@@ -54,6 +60,8 @@ def serve(data_dir: str | None, listen: str, workers: int | None) -> None:
         )
     # built here first, so that a bad config or database stops the start with one line
     app = create_app(d)
+    if scheduler:
+        _start_scheduler(d)
     workers = workers or os.cpu_count() or 1
     click.echo(
         f"isidorus listens on http://{addr}:{port}/ with {workers} "
@@ -77,3 +85,24 @@ def serve(data_dir: str | None, listen: str, workers: int | None) -> None:
     app.state.db.close()
     os.environ[DATA_DIR_VARIABLE] = d
     uvicorn.run("isidorus.web.app:app_from_environment", factory=True, workers=workers, **options)
+
+
+def _start_scheduler(data_dir: str) -> None:
+    """The nightly job's scheduler in a thread of this (the first) process: the workers
+    only answer requests."""
+    import threading
+
+    from isidorus import settings
+    from isidorus.ops import jobs_config, schedule
+
+    path = settings.config_path()
+    jobs_config.load(path)  # a broken configuration stops the start, in one line
+    db = ops.open_state(data_dir, warn=lambda line: click.echo(line, err=True))
+
+    def say(line: str) -> None:
+        click.echo(f"scheduler: {line}", err=True)
+
+    def loop() -> None:
+        schedule.serve(db, data_dir, lambda: jobs_config.load(path).nightly, say)
+
+    threading.Thread(target=loop, name="isidorus-scheduler", daemon=True).start()

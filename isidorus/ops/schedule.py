@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from isidorus.errors import IsidorusError
 from isidorus.ops import runs
 from isidorus.ops.jobs_config import NightlyConfig
 from isidorus.state.db import Database
@@ -248,7 +249,12 @@ def serve(
     _mark(data_dir)
     done = 0
     while rounds is None or done < rounds:
-        nightly = load_nightly()
+        try:
+            nightly = load_nightly()
+        except IsidorusError as exc:  # a file being edited, say: the nights go on after
+            say(f"cannot read the schedule ({exc}): trying again in a minute")
+            time.sleep(NAP)
+            continue
         now = _now()
         latest = runs.list_runs(db, kind="nightly", limit=1)
         last_start = latest[0].started_at if latest else None

@@ -310,3 +310,47 @@ def test_the_scheduler_runs_a_missed_night_at_once_then_waits(stack):
     assert "next at" in log
     stack.isidorus("schedule", "remove")
     assert json.loads(stack.isidorus("schedule", "status", "--json").out)["kind"] == "none"
+
+
+def test_serve_with_scheduler_runs_the_missed_night(run, tmp_path):
+    data_dir = tmp_path / "host"
+    run("init", "--data-dir", data_dir, "--domain", "example.test", "--password-stdin",
+        input="the keeper's passphrase\n")  # fmt: skip
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "motd").write_text("hello\n")
+    secret = tmp_path / "backup.passphrase"
+    secret.write_text("the host's own backups\n")
+    config = tmp_path / "isidorus.toml"
+    config.write_text(
+        f'[nightly]\npaths = ["{tmp_path / "etc"}"]\nrandom_delay = "0"\nverify_percent = 0\n'
+    )
+    env = {
+        "ISIDORUS_CONFIG": str(config),
+        "ISIDORUS_BACKUP_STORE": str(tmp_path / "store"),
+        "ISIDORUS_BACKUP_PASSPHRASE_FILE": str(secret),
+        "ISIDORUS_SERVICE_DATA_ROOT": str(tmp_path / "services"),
+    }
+    # set up long ago, and nothing ran since: the night of last night was missed
+    (data_dir / "schedule.json").write_text(
+        json.dumps({"installed_at": "2026-01-01T00:00:00+00:00"})
+    )
+    port = free_port()
+    server = run.popen("serve", "--data-dir", data_dir, "--listen", f"127.0.0.1:{port}",
+                       "--workers", "1", "--scheduler", env=env)  # fmt: skip
+
+    def runs() -> list[dict]:
+        return json.loads(run("jobs", "--json", "--data-dir", data_dir, env=env).out)
+
+    deadline = time.monotonic() + 120
+    while not runs() or runs()[0]["status"] == "running":
+        assert server.poll() is None, server.stderr.read().decode() if server.stderr else ""
+        assert time.monotonic() < deadline, "the missed night did not run"
+        time.sleep(0.5)
+    assert [r["status"] for r in runs()] == ["ok"]
+    with socket.create_connection(("127.0.0.1", port), timeout=5):
+        pass  # and it serves all the while
+    time.sleep(1)
+    assert len(runs()) == 1  # that night done, it waits for the next one
+    server.terminate()
+    _, err = server.communicate(timeout=TIMEOUT)
+    assert "scheduler: the night due at" in err.decode() and "was missed" in err.decode()
