@@ -9,7 +9,18 @@ from tests.pg import running_cluster
 from tests.s3 import running_moto
 
 
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config, items):
+    # --dist loadgroup keeps each xdist_group on one worker by suffixing its tests' ids
+    # (the apt tests share one host's dpkg and ports): when it could not, stop, rather
+    # than let those tests run side by side and fail at random
+    if getattr(config.option, "loadgroup", False):
+        for item in items:
+            if item.get_closest_marker("xdist_group") and "@" not in item.nodeid:
+                raise pytest.UsageError(
+                    "pytest-xdist did not group the xdist_group tests: install the pytest "
+                    "that pyproject.toml pins (pip install -e '.[test]')"
+                )
     # tests marked `root` run whenever we are root (as in CI), and are skipped otherwise
     if os.geteuid() == 0:
         return
