@@ -50,7 +50,7 @@ from isidorus.ops.database import read_config
 from isidorus.ops.jobs_config import JobsConfig
 from isidorus.ops.offsite import sync
 from isidorus.ops.runs import Recorder, Run, Step, StepFailed
-from isidorus.services import databases, installed, lifecycle
+from isidorus.services import installed
 from isidorus.services.errors import NothingToSave, ServiceError
 from isidorus.settings import Remote
 from isidorus.state.db import Database
@@ -225,7 +225,13 @@ def dump_state(db: Database, folder: str) -> str:
 
 
 def _save_services(night: Night, ref: StoreRef) -> None:
-    from isidorus.ops.service_backups import changing, dump_dir, snapshot_service, tools_for
+    from isidorus.ops.service_backups import (
+        changing,
+        dump_databases,
+        dump_dir,
+        snapshot_service,
+        tools_for,
+    )
 
     with night.db.read() as conn:
         found = [s for s in installed.all_installed(conn) if s.state == "installed"]
@@ -240,9 +246,7 @@ def _save_services(night: Night, ref: StoreRef) -> None:
                 if manifest.data.databases:
                     with night.step("dump", service.id) as step:
                         dumps = dump_dir(tools, service.id)
-                        _fresh_dir(dumps)
-                        where = lifecycle.placement(tools, manifest, service.domain, service.path)
-                        databases.dump_all(manifest.data.databases, where, dumps, night.tell)
+                        dump_databases(tools, service, dumps, night.tell)
                         step.bytes = _size(dumps)
                     if step.status == "failed":
                         continue  # a snapshot without its dumps would not restore
@@ -407,11 +411,6 @@ def _partial(result: Any) -> str:
         f"snapshot {result.snapshot.short_id} is partial, {len(result.errors)} file(s) "
         f"left out: {result.errors[0]}"
     )
-
-
-def _fresh_dir(path: str) -> None:
-    shutil.rmtree(path, ignore_errors=True)
-    os.makedirs(path, mode=0o700)
 
 
 def _size(folder: str) -> int:

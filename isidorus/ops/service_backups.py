@@ -206,10 +206,7 @@ def take_backup(
     dumps = dump_dir(tools, manifest.id) if manifest.data.databases else None
     try:
         if dumps is not None:
-            shutil.rmtree(dumps, ignore_errors=True)
-            os.makedirs(dumps, mode=0o700)
-            where = lifecycle.placement(tools, manifest, found.domain, found.path)
-            databases.dump_all(manifest.data.databases, where, dumps, say)
+            dump_databases(tools, found, dumps, say)
         done = snapshot_service(ref, tools, found, dumps, say)
     finally:
         if dumps is not None:
@@ -221,6 +218,14 @@ def take_backup(
             f"{len(result.errors)} file(s) left out: {result.errors[0]}"
         )
     return done
+
+
+def dump_databases(tools: lifecycle.Machinery, found: Installed, dumps: str, say: Say) -> None:
+    """Dump the service's databases into `dumps`, made anew (root's, 0700)."""
+    shutil.rmtree(dumps, ignore_errors=True)
+    os.makedirs(dumps, mode=0o700)
+    where = lifecycle.placement(tools, found.manifest, found.domain, found.path)
+    databases.dump_all(found.manifest.data.databases, where, dumps, say)
 
 
 def snapshot_service(
