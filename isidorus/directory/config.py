@@ -7,6 +7,8 @@ binds to it. No table, no directory: a host without LDAP needs nothing here.
     bind_dn = "cn=admin,dc=example,dc=org"
     bind_password_file = "ldap.secret"         # relative to DATA_DIR, or absolute
     timeout = 5                                # seconds, optional
+    services_bind_dn = "cn=services,dc=example,dc=org"   # optional: what services search
+    services_bind_password_file = "ldap-services.secret" #   with (needed by sso = "ldap")
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ EXAMPLES = {
     "bind_dn": '"cn=admin,dc=example,dc=org"',
     "bind_password_file": '"ldap.secret"',
     "timeout": "5",
+    "services_bind_dn": '"cn=services,dc=example,dc=org"',
+    "services_bind_password_file": '"ldap-services.secret"',
 }
 PORT = 389
 LOCK_NAME = "directory.lock"
@@ -38,6 +42,9 @@ class DirectoryConfig:
     bind_password: str = field(repr=False)
     lock_file: str  # held while syncing, beside the config file
     timeout: int = 5  # seconds (ldap3 packs it into a socket option: whole ones)
+    # the DN the services that sign members in by LDAP search the directory with
+    services_bind_dn: str | None = None
+    services_bind_password: str | None = field(default=None, repr=False)
 
     @property
     def host(self) -> str:
@@ -81,6 +88,21 @@ def parse_config(table: Any, config_file: str) -> DirectoryConfig:
     _check_url(url, where)
     for key in ("base_dn", "bind_dn"):
         _check_dn(key, table[key], where)
+    service_keys = ("services_bind_dn", "services_bind_password_file")
+    services = [table.get(k) for k in service_keys]
+    if (services[0] is None) != (services[1] is None):
+        raise DirectoryConfigError(
+            f"{where}: give both services_bind_dn and services_bind_password_file, or neither"
+        )
+    for key, value in zip(
+        ("services_bind_dn", "services_bind_password_file"), services, strict=True
+    ):
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise DirectoryConfigError(
+                f"{where}: {key} must be a non-empty string, e.g. {key} = {EXAMPLES[key]}"
+            )
+    if services[0] is not None:
+        _check_dn("services_bind_dn", services[0], where)
     timeout = table.get("timeout", 5)
     if isinstance(timeout, bool) or not isinstance(timeout, int) or not 0 < timeout <= 300:
         raise DirectoryConfigError(f"{where}: timeout must be a whole number of seconds, 1 to 300")
@@ -91,6 +113,16 @@ def parse_config(table: Any, config_file: str) -> DirectoryConfig:
         bind_dn=table["bind_dn"].strip(),
         bind_password=_read_password(password_file, where),
         timeout=timeout,
+        services_bind_dn=services[0].strip() if services[0] else None,
+        services_bind_password=(
+            _read_password(
+                os.path.join(os.path.dirname(config_file), services[1]),
+                where,
+                "services_bind_password_file",
+            )
+            if services[1]
+            else None
+        ),
         lock_file=os.path.join(os.path.dirname(config_file), LOCK_NAME),
     )
 
@@ -131,18 +163,18 @@ def _check_dn(key: str, value: str, where: str) -> None:
         ) from None
 
 
-def _read_password(path: str, where: str) -> str:
+def _read_password(path: str, where: str, key: str = "bind_password_file") -> str:
     try:
         with open(path, encoding="utf-8") as f:
             password = f.readline().rstrip("\r\n")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
         raise DirectoryConfigError(
-            f"{where}: cannot read bind_password_file {path}: {reason}: "
+            f"{where}: cannot read {key} {path}: {reason}: "
             "write the bind DN's password there, readable by isidorus only"
         ) from None
     if not password:
         raise DirectoryConfigError(
-            f"{where}: bind_password_file {path} is empty: write the bind DN's password there"
+            f"{where}: {key} {path} is empty: write the bind DN's password there"
         )
     return password

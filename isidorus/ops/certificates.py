@@ -119,7 +119,8 @@ def _sites(db: Database, data_dir: str) -> tuple[lifecycle.Machinery, dict[str, 
         found = installed.all_installed(conn)
     sites: dict[str, list[Installed]] = {}
     for s in found:
-        sites.setdefault(s.domain, []).append(s)
+        if lifecycle.has_site(s.manifest):  # a voice server has no site, no certificate
+            sites.setdefault(s.domain, []).append(s)
     return tools, sites
 
 

@@ -4,6 +4,7 @@ state database and the audit log."""
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 from collections.abc import Callable, Mapping
@@ -11,10 +12,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from isidorus import settings
+from isidorus.directory.config import load_config as load_directory_config
 from isidorus.errors import NotFoundError, UsageError
 from isidorus.ops import service_backups
 from isidorus.ops.accounts import audit
-from isidorus.ops.database import read_config
+from isidorus.ops.database import CONFIG_NAME, read_config
 from isidorus.services import catalog as catalog_
 from isidorus.services import health, installed, lifecycle
 from isidorus.services import upgrade as upgrade_
@@ -40,8 +42,11 @@ def catalog() -> list[Manifest]:
     return [e.manifest for e in catalog_.entries(own).values()]
 
 
-def machinery(conf: Mapping[str, Any], host_domain: str) -> lifecycle.Machinery:
-    """The host's programs as the settings describe them."""
+def machinery(
+    conf: Mapping[str, Any], host_domain: str, data_dir: str | None = None
+) -> lifecycle.Machinery:
+    """The host's programs as the settings describe them (and, given the host's data
+    directory, its LDAP directory for the services that sign members in by LDAP)."""
     login = str(conf.get("services_login_url") or f"https://{host_domain}/login")
     nginx = Nginx(
         str(conf["nginx_sites_dir"]),
@@ -63,7 +68,29 @@ def machinery(conf: Mapping[str, Any], host_domain: str) -> lifecycle.Machinery:
         http_port=int(conf["services_http_port"]),
         https_port=int(conf["services_https_port"]),
         acme=_acme(conf, nginx.acme_dir) if tls == "acme" else None,
+        ldap=_ldap_for_services(data_dir) if data_dir is not None else None,
     )
+
+
+def _ldap_for_services(data_dir: str) -> dict[str, Any] | None:
+    """What the templates of an LDAP service need, from the host's [ldap] table; None
+    when the host keeps no directory, or names no DN for the services to search with."""
+    config = load_directory_config(os.path.join(data_dir, CONFIG_NAME))
+    if config is None or config.services_bind_dn is None:
+        return None
+    from isidorus.directory.entries import Layout  # loads ldap3: only for LDAP hosts
+
+    layout = Layout(config.base_dn)
+    return {
+        "url": config.url,
+        "host": config.host,
+        "port": config.port,
+        "base_dn": config.base_dn,
+        "people_dn": layout.people,
+        "groups_dn": layout.groups,
+        "bind_dn": config.services_bind_dn,
+        "bind_password": config.services_bind_password,
+    }
 
 
 def _acme(conf: Mapping[str, Any], acme_dir: str) -> Acme:
@@ -139,15 +166,18 @@ def install(
     host_domain = str(read_config(data_dir).get("domain", "localhost"))
     domain = (options.domain or f"{manifest.id}.{host_domain}").lower()
     _check_place(domain, options.path)
-    with db.write() as conn:
-        installed.group_ids(conn, options.allow)  # a wrong group stops it before anything
+    tools = machinery(conf, host_domain, data_dir)
+    where = lifecycle.placement(tools, manifest, domain, options.path)
+    if manifest.web.address is not None:  # no site: what its clients connect to
+        url = where.fill(manifest.web.address)
+    else:
         tls = str(conf["services_tls"]) != "none"
         port = int(conf["services_https_port" if tls else "services_http_port"])
         url = installed.site_url(domain, options.path, tls=tls, port=port)
+    with db.write() as conn:
+        installed.group_ids(conn, options.allow)  # a wrong group stops it before anything
         installed.begin(conn, manifest, domain, options.path, url)
         audit(conn, actor, "service.install.start", manifest.id, domain + options.path)
-    tools = machinery(conf, host_domain)
-    where = lifecycle.placement(tools, manifest, domain, options.path)
     try:
 
         def record(so_far: lifecycle.Added) -> None:
@@ -250,7 +280,7 @@ def _republish(
         installed.set_allowed(conn, service, allow)
         where = lifecycle.placement(tools, found.manifest, found.domain, found.path)
         # inside the transaction: a site nginx refuses leaves the groups as they were
-        tools.nginx.publish(lifecycle.site(tools, found.manifest, where, allow))
+        lifecycle.publish(tools, found.manifest, where, allow)
         audit(conn, actor, action, service, group)
         return installed.get(conn, service)
 
@@ -331,7 +361,7 @@ def upgrade(db: Database, data_dir: str, service: str, actor: str, say: Say) -> 
     new = entry.manifest
     if new.version == found.version:
         return UpgradeResult(service, found.version, found.version, "")
-    tools = machinery(conf, str(read_config(data_dir).get("domain", "localhost")))
+    tools = machinery(conf, str(read_config(data_dir).get("domain", "localhost")), data_dir)
     was = lifecycle.placement(tools, found.manifest, found.domain, found.path)
     where = lifecycle.placement(tools, new, found.domain, found.path)
     with service_backups.changing(service):

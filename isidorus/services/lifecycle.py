@@ -17,7 +17,7 @@ import contextlib
 import functools
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,8 @@ class Machinery:
     http_port: int = 80
     https_port: int = 443
     acme: Acme | None = None  # services_tls = acme: certificates from the CA, see certify()
+    # the directory's settings for services that sign members in by LDAP (see Placement)
+    ldap: Mapping[str, Any] | None = None
 
 
 @dataclass
@@ -57,6 +59,8 @@ class Added:
     packages: list[str] = field(default_factory=list)
     user: str = ""  # the system user, when the install made it
     directories: list[str] = field(default_factory=list)
+    # configuration files it wrote outside its own folders (an application's conf.d)
+    files: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -67,6 +71,7 @@ class Added:
             packages=list(doc.get("packages", [])),
             user=str(doc.get("user", "")),
             directories=list(doc.get("directories", [])),
+            files=list(doc.get("files", [])),
         )
 
 
@@ -131,12 +136,14 @@ def placement(machinery: Machinery, manifest: Manifest, domain: str, path: str) 
         user=manifest.run.user,
         data_dir=os.path.join(machinery.data_root, manifest.id),
         config_dir=os.path.join(machinery.config_root, manifest.id),
+        ldap=machinery.ldap if manifest.sso.kind == "ldap" else None,
     )
 
 
 def site(
     machinery: Machinery, manifest: Manifest, where: Placement, allow: tuple[str, ...]
 ) -> Site:
+    web = manifest.web
     tls = None
     if machinery.acme is not None:
         # what the domain has now, the CA's or a self-signed stand-in: the CA is asked
@@ -155,7 +162,24 @@ def site(
         tls=tls,
         listen_http=machinery.http_port,
         listen_https=machinery.https_port,
+        fastcgi_root=where.fill(web.root) if web.kind == "fastcgi" and web.root else None,
+        index=web.index,
+        front_controller=web.front_controller,
+        deny=tuple(web.deny),
     )
+
+
+def has_site(manifest: Manifest) -> bool:
+    """Whether nginx publishes the service (not a voice server, say)."""
+    return manifest.web.kind != "none"
+
+
+def publish(
+    machinery: Machinery, manifest: Manifest, where: Placement, allow: tuple[str, ...]
+) -> None:
+    """Publish (or publish anew) the service's site; nothing for a service without one."""
+    if has_site(manifest):
+        machinery.nginx.publish(site(machinery, manifest, where, allow))
 
 
 def _debian_packages(manifest: Manifest) -> list[str]:
@@ -185,6 +209,12 @@ def install(
         raise ServiceError(
             f"{manifest.id} runs as the unit {manifest.run.unit} of its Debian package, which "
             "needs systemd; this host has none as PID 1"
+        )
+    if manifest.sso.kind == "ldap" and where.ldap is None:
+        raise ServiceError(
+            f"{manifest.id} signs members in through the LDAP directory, and this host has "
+            "none for services: add [ldap] with services_bind_dn and "
+            "services_bind_password_file to isidorus.toml (docs/directory.md)"
         )
     if not port_is_free(where.port):
         raise ServiceError(
@@ -237,6 +267,10 @@ def install(
 
         step = "writing the configuration"
         for path, text, mode in render_config(manifest, templates, where):
+            outside = not path.startswith(where.config_dir + "/")
+            if outside and not os.path.exists(path):
+                added.files.append(path)
+                note(added)
             _write_config(path, text, mode, where.user, journal)
 
         step = "starting the service"
@@ -252,9 +286,10 @@ def install(
         if problem is not None:
             raise ServiceError(problem)
 
-        step = "publishing it behind nginx"
-        machinery.nginx.publish(site(machinery, manifest, where, allow))
-        journal.did("nginx site", lambda: machinery.nginx.unpublish(manifest.id))
+        if has_site(manifest):
+            step = "publishing it behind nginx"
+            publish(machinery, manifest, where, allow)
+            journal.did("nginx site", lambda: machinery.nginx.unpublish(manifest.id))
     except (ServiceError, HostError, OSError) as exc:
         failed = journal.roll_back()
         left = (
@@ -276,12 +311,12 @@ def certify(
     certificate (self-signed) to start its https server. A failure never fails the install:
     the site keeps its self-signed certificate and `say` gets one warning line with the
     cause and the command that retries. Whether the site now has the CA's certificate."""
-    if machinery.acme is None:
+    if machinery.acme is None or not has_site(manifest):
         return False
     say(f"asking {machinery.acme.directory} for a certificate for {where.domain}")
     try:
         machinery.acme.issue(where.domain)
-        machinery.nginx.publish(site(machinery, manifest, where, allow))
+        publish(machinery, manifest, where, allow)
     except HostError as exc:
         retry = "" if RETRY in str(exc) else f"; retry with {RETRY}"
         say(f"warning: {where.domain} keeps its self-signed certificate: {exc}{retry}")
@@ -296,6 +331,11 @@ def _held_by(port: int) -> str:
 
 def _rmtree(path: str) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+def _unlink(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 def _write_config(path: str, text: str, mode: int, user: str, journal: Journal) -> None:
@@ -339,6 +379,7 @@ def remove(
     ]
     if purge:
         steps += [(f"directory {d}", functools.partial(_rmtree, d)) for d in added.directories]
+        steps += [(f"file {f}", functools.partial(_unlink, f)) for f in added.files]
         if added.user:
             steps.append((f"user {added.user}", lambda: users.remove_system_user(added.user)))
         # packages that another installed service needs stay

@@ -213,6 +213,41 @@ class Health(Strict):
         return self
 
 
+# a folder nginx can name in its configuration (no quote, space, variable or semicolon)
+_ROOT_RE = r"^/[A-Za-z0-9._/-]*$"
+_DENY_RE = r"^/[A-Za-z0-9._-]+/$"
+
+
+class Web(Strict):
+    """How nginx publishes the service: a proxy to its port (`proxy`), PHP pages run by
+    the service's own PHP-FPM over FastCGI (`fastcgi`, the application's files served from
+    `root`), or nothing at all (`none`: a service that is not a web one, like Mumble's
+    voice, reached at `address`)."""
+
+    kind: Literal["proxy", "fastcgi", "none"] = "proxy"
+    root: Annotated[str, StringConstraints(pattern=_ROOT_RE)] | None = None
+    index: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]+\.php$")] = "index.php"
+    # every request that is no file of root goes to the index (applications with routes)
+    front_controller: bool = False
+    # folders of root that must never be served (their data, their configuration)
+    deny: list[Annotated[str, StringConstraints(pattern=_DENY_RE)]] = []
+    address: str | None = None  # for none: what clients connect to, e.g. mumble://{domain}
+
+    @model_validator(mode="after")
+    def _fields_of_kind(self) -> Web:
+        if self.kind == "fastcgi" and self.root is None:
+            raise ValueError('kind = "fastcgi" needs root = the folder of the PHP application')
+        if self.kind != "fastcgi" and (self.root is not None or self.deny):
+            raise ValueError('root and deny are for kind = "fastcgi"')
+        if self.kind == "none":
+            if not self.address:
+                raise ValueError('kind = "none" needs address = how clients reach it')
+            _check_placeholders(self.address)
+        elif self.address is not None:
+            raise ValueError('address is for kind = "none" (the others are reached by URL)')
+        return self
+
+
 class Manifest(Strict):
     id: Annotated[str, StringConstraints(pattern=ID_RE)]
     name: Text
@@ -224,6 +259,7 @@ class Manifest(Strict):
     source: Source
     run: Run
     sso: Sso
+    web: Web = Web()
     config: list[ConfigFile] = []
     data: Data = Data()
     health: Health
@@ -238,6 +274,12 @@ class Manifest(Strict):
             "version": self.version,
             "sso": self.sso.kind,
         }
+
+    @model_validator(mode="after")
+    def _web_and_sso(self) -> Manifest:
+        if self.web.kind == "none" and self.sso.kind == "header":
+            raise ValueError('sso kind = "header" needs a web site: web.kind is "none"')
+        return self
 
 
 def _where(loc: tuple[int | str, ...]) -> str:

@@ -7,8 +7,10 @@ import os
 import re
 import secrets
 import shlex
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import jinja2
 
@@ -16,6 +18,8 @@ from isidorus.services.errors import ServiceError
 from isidorus.services.manifest import Manifest
 
 SECRET_NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")
+# templates any service may name (PHP-FPM's pool, say), when its own folder lacks them
+SHARED_TEMPLATES = Path(__file__).parent / "shared"
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,9 @@ class Placement:
     user: str
     data_dir: str
     config_dir: str
+    # for the templates of a service that signs members in by LDAP: url, host, port,
+    # base_dn, people_dn, groups_dn, bind_dn, bind_password (None: the host keeps none)
+    ldap: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
 
     def values(self) -> dict[str, str]:
         return {
@@ -61,17 +68,31 @@ def environment(manifest: Manifest, where: Placement) -> dict[str, str]:
     return {k: where.fill(v) for k, v in manifest.run.environment.items()}
 
 
+def php_string(value: object) -> str:
+    """A PHP single-quoted string literal of `value` (a password, a DN), for the
+    `php` filter of templates: nothing in it is interpolated by PHP."""
+    text = str(value).replace("\\", "\\\\").replace("'", "\\'")
+    return f"'{text}'"
+
+
 def render_config(
     manifest: Manifest, templates: Path, where: Placement
 ) -> list[tuple[str, str, int]]:
     """(path, text, mode) of each configuration file. Templates are Jinja2, with the
-    placement's values as variables; an undefined variable is an error, not a blank.
+    placement's values as variables (and `ldap`, the directory's settings, for a service
+    that signs members in by LDAP); an undefined variable is an error, not a blank. A
+    template the service's folder lacks is looked for among the shared ones (SHARED_TEMPLATES).
 
     `secret(name)` in a template is a random token of this install, kept in
     `{config_dir}/.secret-NAME` (one of the files returned the first time, then read
     back), so that an upgrade renders the same key and sessions survive it."""
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(templates / manifest.id)),
+        loader=jinja2.ChoiceLoader(
+            [
+                jinja2.FileSystemLoader(str(templates / manifest.id)),
+                jinja2.FileSystemLoader(str(SHARED_TEMPLATES)),
+            ]
+        ),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         autoescape=False,  # configuration files, not HTML
@@ -96,9 +117,10 @@ def render_config(
         return value
 
     env.globals["secret"] = secret
+    env.filters["php"] = php_string
     for item in manifest.config:
         try:
-            text = env.get_template(item.template).render(**where.values())
+            text = env.get_template(item.template).render(**where.values(), ldap=where.ldap)
         except jinja2.TemplateNotFound:
             raise ServiceError(
                 f"{manifest.id}: the template {item.template!r} is not in {templates / manifest.id}"

@@ -32,7 +32,7 @@ from isidorus.services.lifecycle import (
     health_problem,
     process_name,
     process_spec,
-    site,
+    publish,
 )
 from isidorus.services.manifest import Manifest
 from isidorus.services.render import Placement, render_config
@@ -141,7 +141,7 @@ def upgrade(
             raise ServiceError(problem)
 
         step = "publishing it behind nginx"
-        machinery.nginx.publish(site(machinery, new, where, allow))
+        publish(machinery, new, where, allow)
     except (ServiceError, HostError, OSError) as exc:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         head = f"upgrade of {new.id} to {new.version} failed while {step}: {why}"

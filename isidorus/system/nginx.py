@@ -91,6 +91,9 @@ _GROUP = re.compile(r"[a-z][a-z0-9._-]{0,31}")
 # quoted in the configuration: no quote, backslash, variable or control character
 _FILE = re.compile(r'/[^"\\$\x00-\x1f\x7f]*')
 _URL = re.compile(r"https?://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?(/[^\s\"'\\$;{}]*)?")
+_ROOT = re.compile(r"/[A-Za-z0-9._/-]*")
+_INDEX = re.compile(r"[A-Za-z0-9._-]+\.php")
+_DENY = re.compile(r"/[A-Za-z0-9._-]+/")
 _ADDRESS = re.compile(r"\*|[0-9.]+|\[[0-9A-Fa-f:.]+\]")
 _SERIOUS = re.compile(r"\[(emerg|alert|crit)\] (?:\d+#\d+: )?(.*)")
 _HEAD = re.compile(r"# isidorus-site service=(\S+) domain=(\S+) path=(\S+)\n")
@@ -108,6 +111,11 @@ class Site:
     tls: Certificate | None  # None: plain http (tests, local use)
     listen_http: int = 80
     listen_https: int = 443
+    # a PHP application: its files' folder (None: nginx proxies to the port)
+    fastcgi_root: str | None = None
+    index: str = "index.php"
+    front_controller: bool = False  # requests for no file go to the index
+    deny: tuple[str, ...] = ()  # folders of the root never served, like "/data/"
 
 
 class _Refused(HostError):
@@ -182,59 +190,28 @@ class Nginx:
         return os.path.join(self.locations_dir(domain), f"{service}.conf")
 
     def render(self, site: Site) -> str:
-        """The service's location file: its proxy, and for header SSO its check and its
-        way to the login page. UsageError, before anything is written, for a site that
-        cannot be written safely into nginx's configuration."""
+        """The service's location file: its proxy (or its PHP pages through FastCGI), and
+        for header SSO its check and its way to the login page. UsageError, before
+        anything is written, for a site that cannot be written safely into nginx's
+        configuration."""
         check(site)
-        lines = [f"# isidorus-site service={site.service} domain={site.domain} path={site.path}"]
-        lines.append("# Written by isidorus at each publish of this service: edits are lost.")
-        if site.path == "/":
-            lines.append("location / {")
-            # without a URI part: the service gets the request's URI as the client sent it
-            lines.append(f"    proxy_pass http://127.0.0.1:{site.port};")
-        else:
-            lines += [
-                f"location = {site.path} {{",
-                f"    return 301 {site.path}/$is_args$args;",
-                "}",
-                f"location {site.path}/ {{",
-                # with a URI part: the prefix is taken off, and X-Script-Name and
-                # X-Forwarded-Prefix tell the service where it lives (Radicale, WSGI's
-                # ProxyFix and most apps that run under a prefix read one of them)
-                f"    proxy_pass http://127.0.0.1:{site.port}/;",
-                f"    proxy_set_header X-Script-Name {site.path};",
-                f"    proxy_set_header X-Forwarded-Prefix {site.path};",
-            ]
         header = site.sso_header if site.sso == "header" else None
+        sso: list[str] = []
         if header is not None:
-            lines += [
+            sso = [
                 f"    auth_request /_isidorus_auth/{site.service};",
                 "    auth_request_set $isidorus_user $upstream_http_x_isidorus_user;",
                 f"    error_page 401 = @isidorus_login_{site.service};",
-                # replaces whatever the client sent under that name (any case)
-                f"    proxy_set_header {header} $isidorus_user;",
             ]
         cleared = [h for h in IDENTITY_HEADERS if h.lower() != (header or "").lower()]
         if site.sso_header and site.sso_header != header:
             cleared.append(site.sso_header)
-        if site.path == "/":
-            cleared += ["X-Script-Name", "X-Forwarded-Prefix"]
-        # an empty value: nginx passes neither its own nor the client's
-        lines += [f'    proxy_set_header {h} "";' for h in _unique(cleared)]
-        lines += [
-            "    proxy_http_version 1.1;",
-            "    proxy_set_header Host $http_host;",
-            "    proxy_set_header X-Real-IP $remote_addr;",
-            # nginx is the edge: the address it saw, never a list the client made up
-            "    proxy_set_header X-Forwarded-For $remote_addr;",
-            "    proxy_set_header X-Forwarded-Proto $scheme;",
-            "    proxy_set_header X-Forwarded-Host $http_host;",
-            "    proxy_set_header Upgrade $http_upgrade;",
-            "    proxy_set_header Connection $isidorus_connection;",
-            f"    proxy_read_timeout {READ_TIMEOUT};",
-            f"    client_max_body_size {BODY_LIMIT};",
-            "}",
-        ]
+        lines = [f"# isidorus-site service={site.service} domain={site.domain} path={site.path}"]
+        lines.append("# Written by isidorus at each publish of this service: edits are lost.")
+        if site.fastcgi_root is None:
+            lines += self._proxy(site, header, sso, cleared)
+        else:
+            lines += self._fastcgi(site, header, sso, cleared)
         if header is not None:
             allow = ",".join(site.allow)
             sep = "&" if "?" in self.login_url else "?"
@@ -261,6 +238,99 @@ class Nginx:
                 "}",
             ]
         return "\n".join(lines) + "\n"
+
+    @staticmethod
+    def _proxy(site: Site, header: str | None, sso: list[str], cleared: list[str]) -> list[str]:
+        """A site nginx proxies to the service's port."""
+        if site.path == "/":
+            lines = [
+                "location / {",
+                # without a URI part: the service gets the request's URI as the client sent it
+                f"    proxy_pass http://127.0.0.1:{site.port};",
+            ]
+            cleared = [*cleared, "X-Script-Name", "X-Forwarded-Prefix"]
+        else:
+            lines = [
+                *_slash_redirect(site.path),
+                f"location {site.path}/ {{",
+                # with a URI part: the prefix is taken off, and X-Script-Name and
+                # X-Forwarded-Prefix tell the service where it lives (Radicale, WSGI's
+                # ProxyFix and most apps that run under a prefix read one of them)
+                f"    proxy_pass http://127.0.0.1:{site.port}/;",
+                f"    proxy_set_header X-Script-Name {site.path};",
+                f"    proxy_set_header X-Forwarded-Prefix {site.path};",
+            ]
+        lines += sso
+        if header is not None:
+            # replaces whatever the client sent under that name (any case)
+            lines.append(f"    proxy_set_header {header} $isidorus_user;")
+        # an empty value: nginx passes neither its own nor the client's
+        lines += [f'    proxy_set_header {h} "";' for h in _unique(cleared)]
+        return [
+            *lines,
+            "    proxy_http_version 1.1;",
+            "    proxy_set_header Host $http_host;",
+            "    proxy_set_header X-Real-IP $remote_addr;",
+            # nginx is the edge: the address it saw, never a list the client made up
+            "    proxy_set_header X-Forwarded-For $remote_addr;",
+            "    proxy_set_header X-Forwarded-Proto $scheme;",
+            "    proxy_set_header X-Forwarded-Host $http_host;",
+            "    proxy_set_header Upgrade $http_upgrade;",
+            "    proxy_set_header Connection $isidorus_connection;",
+            f"    proxy_read_timeout {READ_TIMEOUT};",
+            f"    client_max_body_size {BODY_LIMIT};",
+            "}",
+        ]
+
+    @staticmethod
+    def _fastcgi(site: Site, header: str | None, sso: list[str], cleared: list[str]) -> list[str]:
+        """A PHP application: nginx serves its files from its root and hands its .php
+        pages to the service's PHP-FPM on its port."""
+        assert site.fastcgi_root is not None
+        root = site.fastcgi_root.rstrip("/")
+        prefix = "" if site.path == "/" else site.path
+        if prefix:
+            # alias: {path}/x.php is ROOT/x.php, and $request_filename says so in the
+            # nested location too
+            lines = [*_slash_redirect(prefix), f"location {prefix}/ {{", f'    alias "{root}/";']
+        else:
+            lines = ["location / {", f'    root "{root}";']
+        lines += [f"    index {site.index};", *sso]
+        front = f"@isidorus_front_{site.service}"
+        if site.front_controller:
+            # to a named location, not straight to the index: with alias, nginx's try_files
+            # would look for the index as a file under the wrong name
+            lines.append(f"    try_files $uri $uri/ {front};")
+        lines += [f"    location ^~ {prefix}{d} {{ return 404; }}" for d in site.deny]
+        # nginx hides a client's header from PHP when a parameter of its HTTP_ name is set
+        params = [(_cgi(h), '""') for h in _unique([*cleared, "Proxy"])]
+        if header is not None:
+            params += [(_cgi(header), "$isidorus_user"), ("REMOTE_USER", "$isidorus_user")]
+        else:
+            params.append(("REMOTE_USER", '""'))
+        return [
+            *lines,
+            "    location ~ \\.php$ {",
+            # only the application's own scripts run (not an upload named x.jpg/y.php)
+            "        if (!-f $request_filename) { return 404; }",
+            f"        fastcgi_pass 127.0.0.1:{site.port};",
+            "        include /etc/nginx/fastcgi_params;",
+            "        fastcgi_param SCRIPT_FILENAME $request_filename;",
+            *[f"        fastcgi_param {name} {value};" for name, value in params],
+            f"        fastcgi_read_timeout {READ_TIMEOUT};",
+            # an application's headers (cookies, long redirects) and what PHP tells on
+            # stderr travel in the first buffer: nginx's 4 KiB are too few for some
+            "        fastcgi_buffer_size 32k;",
+            "        fastcgi_buffers 16 16k;",
+            "    }",
+            f"    client_max_body_size {BODY_LIMIT};",
+            "}",
+            *(
+                [f"location {front} {{ rewrite ^ {prefix}/{site.index} last; }}"]
+                if site.front_controller
+                else []
+            ),
+        ]
 
     def render_shared(self) -> str:
         """The shared file: the maps every site uses and, for an http:// auth_url, the
@@ -520,6 +590,13 @@ def check(site: Site) -> None:
     for group in site.allow if site.sso == "header" else ():
         if not _GROUP.fullmatch(group):
             raise UsageError(f"{group!r} is not a group name")
+    if site.fastcgi_root is not None and not _ROOT.fullmatch(site.fastcgi_root):
+        raise UsageError(f"{site.fastcgi_root!r} cannot be a site's root: write /a/folder")
+    if not _INDEX.fullmatch(site.index):
+        raise UsageError(f"{site.index!r} is not an index page: write name.php")
+    for folder in site.deny:
+        if not _DENY.fullmatch(folder):
+            raise UsageError(f"{folder!r} is not a folder to deny: write /name/")
     if site.tls is not None:
         for path in (site.tls.cert_file, site.tls.key_file):
             if not _FILE.fullmatch(path):
@@ -575,6 +652,16 @@ def _shared_text() -> str:
 
 
 SHARED_TEXT = _shared_text()
+
+
+def _slash_redirect(path: str) -> list[str]:
+    """/prefix goes to /prefix/, where the service's locations are."""
+    return [f"location = {path} {{", f"    return 301 {path}/$is_args$args;", "}"]
+
+
+def _cgi(header: str) -> str:
+    """The FastCGI parameter a request header travels in: X-Remote-User: HTTP_X_REMOTE_USER."""
+    return "HTTP_" + header.upper().replace("-", "_")
 
 
 def _unique(names: list[str]) -> list[str]:

@@ -8,6 +8,7 @@ import pytest
 from isidorus.services import catalog
 from isidorus.services.errors import ManifestError
 from isidorus.services.manifest import parse
+from isidorus.services.render import SHARED_TEMPLATES
 
 GOOD = (catalog.BUILT_IN / "radicale.toml").read_text()
 
@@ -32,13 +33,17 @@ def test_the_built_in_catalog_is_valid_and_covers_the_big_replacements():
     entries = catalog.entries()
     assert len(entries) >= 10
     replaced = {r for e in entries.values() for r in e.manifest.replaces}
-    for big in ("Google Calendar", "WhatsApp", "Google Search", "WeTransfer", "Dropbox", "Gmail"):
+    for big in (
+        "Google Calendar", "WhatsApp", "Google Search", "WeTransfer", "Dropbox", "Gmail",
+        "Pocket", "TeamSpeak", "Medium", "Notion",
+    ):  # fmt: skip
         assert big in replaced, f"nothing in the catalog replaces {big}"
     kinds = {e.manifest.sso.kind for e in entries.values()}
     assert kinds == {"header", "ldap", "oidc", "none"}
-    for e in entries.values():  # every template a manifest names is there
+    for e in entries.values():  # every template a manifest names is there, or shared
         for c in e.manifest.config:
-            assert (e.directory / e.manifest.id / c.template).is_file(), (e.manifest.id, c)
+            own = e.directory / e.manifest.id / c.template
+            assert own.is_file() or (SHARED_TEMPLATES / c.template).is_file(), (e.manifest.id, c)
 
 
 @pytest.mark.parametrize(
@@ -69,6 +74,17 @@ def test_the_built_in_catalog_is_valid_and_covers_the_big_replacements():
         ("data.paths", ["relative/dir"], "must be absolute"),
         ("run.directories", ["/srv/x"], "must be a folder inside {data_dir}/"),
         ("run.directories", ["{data_dir}/../etc"], "must be a folder inside {data_dir}/"),
+        ("web", {"kind": "cgi"}, "web.kind: Input should be 'proxy', 'fastcgi' or 'none'"),
+        ("web", {"kind": "fastcgi"}, 'kind = "fastcgi" needs root'),
+        ("web", {"kind": "fastcgi", "root": "/srv/a b"}, "web.root: String should match"),
+        ("web", {"kind": "fastcgi", "root": "/srv", "deny": ["data"]}, "web.deny[0]"),
+        ("web", {"kind": "fastcgi", "root": "/srv", "index": "a.html"}, "web.index"),
+        ("web", {"root": "/srv"}, 'root and deny are for kind = "fastcgi"'),
+        ("web", {"kind": "none"}, 'kind = "none" needs address'),
+        ("web", {"kind": "none", "address": "x://{host}"}, "unknown placeholder {host}"),
+        ("web", {"address": "x://{domain}"}, 'address is for kind = "none"'),
+        # nginx would have no site to set the member's name in
+        ("web", {"kind": "none", "address": "x://{domain}"}, "needs a web site"),
     ],
 )
 def test_a_bad_field_is_one_line_naming_it(path, value, words):

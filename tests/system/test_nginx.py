@@ -16,9 +16,11 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import httpx2
+import jinja2
 import pytest
 
 from isidorus.errors import UsageError
+from isidorus.services.render import SHARED_TEMPLATES
 from isidorus.system.errors import HostError
 from isidorus.system.nginx import SHARED, Nginx, Site, complaint
 from isidorus.system.tls import Certificate, self_signed
@@ -131,6 +133,36 @@ def test_every_site_sets_the_forwarding_headers_websockets_and_a_body_limit():
             assert line in text, (site.path, line)
 
 
+def test_a_php_site_hands_its_pages_to_fastcgi_and_serves_its_files():
+    site = make_site(fastcgi_root="/usr/share/wiki", index="doku.php", deny=("/data/",))
+    text = NGINX.render(site)
+    assert 'root "/usr/share/wiki";' in text and "index doku.php;" in text
+    assert "location ^~ /data/ { return 404; }" in text
+    php = text[text.index("location ~ \\.php$") :]
+    assert "fastcgi_pass 127.0.0.1:5232;" in php
+    assert "fastcgi_param SCRIPT_FILENAME $request_filename;" in php
+    assert "if (!-f $request_filename) { return 404; }" in php  # no script of a client's
+    # the member's name in the header's CGI name and REMOTE_USER; a client's own dropped
+    assert "fastcgi_param HTTP_X_REMOTE_USER $isidorus_user;" in php
+    assert "fastcgi_param REMOTE_USER $isidorus_user;" in php
+    for header in ("HTTP_REMOTE_USER", "HTTP_X_FORWARDED_USER", "HTTP_PROXY"):
+        assert f'fastcgi_param {header} "";' in php
+    assert "auth_request /_isidorus_auth/radicale;" in text
+    assert "proxy_pass http://127.0.0.1" not in text
+
+
+def test_a_php_site_under_a_path_aliases_its_root_and_routes_to_its_index():
+    site = make_site(
+        path="/links", fastcgi_root="/usr/share/links/", front_controller=True, sso="none",
+        sso_header=None,
+    )  # fmt: skip
+    text = NGINX.render(site)
+    assert 'alias "/usr/share/links/";' in text
+    assert "try_files $uri $uri/ @isidorus_front_radicale;" in text
+    assert "location @isidorus_front_radicale { rewrite ^ /links/index.php last; }" in text
+    assert 'fastcgi_param REMOTE_USER "";' in text and "auth_request" not in text
+
+
 def test_a_whole_domain_passes_the_uri_as_it_came():
     text = NGINX.render(make_site(path="/"))
     assert "location / {" in text and "location = / " not in text
@@ -211,6 +243,11 @@ BAD = [
     ({"tls": Certificate("/x/$host.crt", "/x/a.key", "a", CERT.not_after, True)}, "cannot be"),
     ({"tls": Certificate("x.crt", "/x/a.key", "a", CERT.not_after, True)}, "cannot be named"),
     ({"tls": CERT, "listen_https": 80}, "are both 80"),
+    ({"fastcgi_root": '/srv/"x'}, "cannot be a site's root"),
+    ({"fastcgi_root": "srv/x"}, "cannot be a site's root"),
+    ({"fastcgi_root": "/srv/x", "index": "index.html"}, "is not an index page"),
+    ({"fastcgi_root": "/srv/x", "deny": ("data",)}, "is not a folder to deny"),
+    ({"fastcgi_root": "/srv/x", "deny": ("/a b/",)}, "is not a folder to deny"),
 ]
 
 
@@ -368,10 +405,16 @@ COMBINATIONS = [
     ],
     [make_site(tls=None), make_site(service="pad", domain="pad.example.org", path="/pad")],
     [make_site(path="/x", sso="none", sso_header=None), make_site(service="why", path="/y")],
+    [
+        make_site(fastcgi_root="/usr/share/nginx", deny=("/a/", "/b/")),
+        make_site(service="links", path="/links", fastcgi_root="/srv", front_controller=True),
+    ],
 ]
 
 
-@pytest.mark.parametrize("sites", COMBINATIONS, ids=["root+path", "nested", "domains", "two"])
+@pytest.mark.parametrize(
+    "sites", COMBINATIONS, ids=["root+path", "nested", "domains", "two", "fastcgi"]
+)
 def test_nginx_accepts_every_combination(tmp_path, sites):
     cert = self_signed("cal.example.org", str(tmp_path / "tls"))
     with running_nginx(tmp_path) as server:
@@ -643,3 +686,89 @@ def test_what_nginx_refuses_leaves_it_serving_the_previous_site(tmp_path, upstre
         assert after.pop(server.sites_dir / "operator.conf") and after == before
         assert server.get("pub.example.test", "/").status_code == 200
         assert nginx.published() == ["wiki"]
+
+
+PHP_PAGE = """<?php
+header("Content-Type: application/json");
+echo json_encode([
+    "user" => $_SERVER["HTTP_X_REMOTE_USER"] ?? null,
+    "remote_user" => $_SERVER["REMOTE_USER"] ?? null,
+    "spoofed" => $_SERVER["HTTP_REMOTE_USER"] ?? null,
+    "script" => $_SERVER["SCRIPT_FILENAME"],
+    "uri" => $_SERVER["REQUEST_URI"],
+]);
+"""
+
+
+@pytest.fixture
+def php_fpm(tmp_path):
+    """PHP-FPM with the pool isidorus writes for PHP services (run as root here: -R); the
+    application's folder and the port."""
+    app = tmp_path / "app"
+    (app / "private").mkdir(parents=True)
+    (app / "index.php").write_text(PHP_PAGE)
+    (app / "style.css").write_text("body { color: black }\n")
+    (app / "private" / "secret.php").write_text("<?php echo 'secret';")
+    port = free_port()
+    (tmp_path / "sessions").mkdir()
+    conf = jinja2.Template((SHARED_TEMPLATES / "php-fpm.conf").read_text()).render(
+        service="app", port=port, data_dir=tmp_path
+    )
+    (tmp_path / "php-fpm.conf").write_text(conf)
+    proc = subprocess.Popen(
+        ["/usr/sbin/php-fpm8.2", "--nodaemonize", "--force-stderr", "-R", "--fpm-config",
+         str(tmp_path / "php-fpm.conf")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_for_port(port, proc, "php-fpm")
+        yield app, port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_php_pages_behind_single_sign_on_through_fastcgi(tmp_path, php_fpm, isidorus):
+    app, php = php_fpm
+    with running_nginx(tmp_path) as server:
+        nginx = server.nginx(
+            f"http://127.0.0.1:{isidorus}/auth/check", f"http://127.0.0.1:{isidorus}/login"
+        )
+        port = server.http_port
+        nginx.publish(
+            make_site(service="app", domain="app.example.test", port=php, allow=("family",),
+                      fastcgi_root=str(app), deny=("/private/",), listen_http=port)
+        )  # fmt: skip
+        nginx.publish(
+            make_site(service="open", domain="app.example.test", path="/open", port=php,
+                      sso="none", sso_header=None, fastcgi_root=str(app),
+                      front_controller=True, listen_http=port)
+        )  # fmt: skip
+        host = {"Host": f"app.example.test:{port}"}
+        spoof = {"X-Remote-User": "admin", "Remote-User": "admin"}
+        assert server.get("app.example.test", "/").status_code == 302  # to the login page
+
+        with httpx2.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as alice:
+            login(alice, isidorus, "alice")
+            r = alice.get("/?x=1", headers={**host, **spoof})
+            assert r.status_code == 200, r.text
+            assert r.json() == {
+                "user": "alice", "remote_user": "alice", "spoofed": None,
+                "script": str(app / "index.php"), "uri": "/?x=1",
+            }  # fmt: skip
+            css = alice.get("/style.css", headers=host)
+            assert (css.status_code, css.text) == (200, "body { color: black }\n")
+            assert alice.get("/private/secret.php", headers=host).status_code == 404
+            assert alice.get("/nosuch.php", headers=host).status_code == 404
+        with httpx2.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as bob:
+            login(bob, isidorus, "bob")  # not in the family
+            assert bob.get("/", headers=host).status_code == 403
+
+        # under a path, public: routes go to its index, nobody's name reaches it
+        r = server.get("app.example.test", "/open/some/route?a=1", headers=spoof)
+        assert r.status_code == 200, r.text
+        assert r.json() == {
+            "user": None, "remote_user": "", "spoofed": None,
+            "script": str(app / "index.php"), "uri": "/open/some/route?a=1",
+        }  # fmt: skip
+        assert server.get("app.example.test", "/open/style.css").status_code == 200

@@ -1,0 +1,160 @@
+"""PHP services installed for real: each runs its own PHP-FPM under the process manager,
+and nginx serves the application's files and hands its pages to it over FastCGI. DokuWiki
+signs members in against the host's LDAP directory (a real slapd); Shaarli lives under a
+path of a shared domain. On the stack of test_services (supervisord, nginx, isidorus)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import httpx2
+
+from tests.integration import test_services
+from tests.integration.conftest import assert_one_line_error
+from tests.integration.slapd import (
+    ADMIN_DN,
+    ADMIN_PASSWORD,
+    BASE_DN,
+    READER_DN,
+    READER_PASSWORD,
+    running_slapd,
+)
+from tests.integration.test_services import DOMAIN, PASSWORDS, Stack, listed, wait_until_bindable
+
+pytestmark = test_services.pytestmark
+stack = test_services.stack  # the same stack, fixture and all
+
+
+def client(stack: Stack, host: str) -> httpx2.Client:
+    """A browser of the site `host` behind the test's nginx: it keeps the cookies the site
+    sets (for its domain, which the jar would not match with 127.0.0.1); `visit` follows
+    the site's redirects."""
+    jar: dict[str, str] = {}
+    authority = f"{host}:{stack.nginx.http_port}"
+
+    def keep(response: httpx2.Response) -> None:
+        for line in response.headers.get_list("set-cookie"):
+            name, _, value = line.split(";", 1)[0].partition("=")
+            jar[name.strip()] = value.strip()
+        web.headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in jar.items())
+
+    web = httpx2.Client(
+        base_url=f"http://127.0.0.1:{stack.nginx.http_port}",
+        headers={"Host": authority},
+        timeout=30,
+        event_hooks={"response": [keep]},
+    )
+    return web
+
+
+def visit(web: httpx2.Client, path: str) -> httpx2.Response:
+    """GET `path`, following the site's redirects (each with the cookies set so far)."""
+    for _ in range(10):
+        r = web.get(path)
+        if r.status_code not in (301, 302, 303, 307, 308):
+            return r
+        path = r.headers["location"].split(web.headers["Host"], 1)[-1]
+    raise AssertionError(f"more than 10 redirects, the last to {path}")
+
+
+def with_directory(stack: Stack, slapd) -> None:  # type: ignore[no-untyped-def]
+    """The host keeps its accounts in the slapd too, with a DN the services search with."""
+    with slapd.connection() as admin:
+        admin.add(BASE_DN, ["organization", "dcObject"], {"o": "example", "dc": "example"})
+        admin.add(READER_DN, ["organizationalRole", "simpleSecurityObject"],
+                  {"cn": "services", "userPassword": READER_PASSWORD})  # fmt: skip
+    (stack.data_dir / "ldap.secret").write_text(ADMIN_PASSWORD + "\n")
+    (stack.data_dir / "ldap-services.secret").write_text(READER_PASSWORD + "\n")
+    with open(stack.data_dir / "isidorus.toml", "a") as f:
+        f.write(
+            f'\n[ldap]\nurl = "{slapd.url}"\nbase_dn = "{BASE_DN}"\nbind_dn = "{ADMIN_DN}"\n'
+            'bind_password_file = "ldap.secret"\n'
+            f'services_bind_dn = "{READER_DN}"\n'
+            'services_bind_password_file = "ldap-services.secret"\n'
+        )
+    stack.isidorus("directory", "sync")
+
+
+def sign_in_to_dokuwiki(web: httpx2.Client, name: str, password: str) -> str:
+    """DokuWiki's own login form, as a member fills it in; the start page after it."""
+    form = web.get("/doku.php", params={"id": "start", "do": "login"})
+    assert form.status_code == 200, form.text
+    sectok = re.search(r'name="sectok" value="([^"]*)"', form.text)
+    assert sectok is not None, form.text
+    web.post(
+        "/doku.php",
+        data={"id": "start", "do": "login", "sectok": sectok[1], "u": name, "p": password},
+    )
+    return web.get("/doku.php", params={"id": "start"}).text
+
+
+def test_dokuwiki_signs_members_in_through_ldap(stack, tmp_path):
+    wait_until_bindable(9002)  # its PHP-FPM's port (its manifest)
+    # without a directory, the install says what the host lacks and changes nothing
+    r = stack.isidorus("service", "install", "dokuwiki", check=False)
+    assert_one_line_error(r, "dokuwiki", "LDAP", "services_bind_dn", "docs/directory.md")
+    assert listed(stack) == {}
+
+    with running_slapd(tmp_path / "slapd") as slapd:
+        with_directory(stack, slapd)
+        doc = json.loads(stack.isidorus("service", "install", "dokuwiki", "--json").out)
+        assert (doc["state"], doc["health"]) == ("running", "ok"), doc
+        wiki = f"dokuwiki.{DOMAIN}"
+        assert doc["url"] == f"http://{wiki}:{stack.nginx.http_port}/"
+
+        # the directory's settings went into DokuWiki's protected configuration
+        conf = Path("/etc/dokuwiki/local.protected.php").read_text()
+        assert "'authldap'" in conf and f"'{READER_DN}'" in conf
+        assert f"'{READER_PASSWORD}'" in conf
+
+        with client(stack, wiki) as web:
+            home = web.get("/")
+            assert home.status_code == 200 and "DokuWiki" in home.text  # index → doku.php
+            # its static files come from nginx, its code stays unreadable
+            assert web.get("/lib/exe/css.php").status_code == 200
+            for hidden in ("/inc/init.php", "/bin/indexer.php", "/conf/local.php"):
+                assert web.get(hidden).status_code == 404, hidden
+
+            page = sign_in_to_dokuwiki(web, "alice", "not her password")
+            assert "do=logout" not in page
+        with client(stack, wiki) as web:
+            page = sign_in_to_dokuwiki(web, "alice", PASSWORDS["alice"])
+            assert "do=logout" in page and "alice" in page
+            # a member writes a page: DokuWiki keeps it as a text file where Debian has them
+            form = web.get("/doku.php", params={"id": "minutes", "do": "edit"}).text
+            fields = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', form))
+            assert "sectok" in fields, form
+            saved = web.post(
+                "/doku.php",
+                data={**fields, "id": "minutes", "do[save]": "1", "wikitext": "Met on Tuesday."},
+            )
+            assert saved.status_code in (200, 302, 303), saved.text
+        assert Path("/var/lib/dokuwiki/data/pages/minutes.txt").read_text() == "Met on Tuesday."
+
+        stack.isidorus("service", "remove", "dokuwiki", "--purge")
+        assert not Path("/etc/dokuwiki/local.protected.php").exists()
+        assert stack.nginx.get(wiki, "/").status_code == 404
+        assert listed(stack) == {}
+
+
+def test_shaarli_under_a_path_of_a_shared_domain(stack):
+    wait_until_bindable(9003)  # its PHP-FPM's port (its manifest)
+    doc = json.loads(
+        stack.isidorus(
+            "service", "install", "shaarli", "--domain", DOMAIN, "--path", "/links", "--json"
+        ).out
+    )
+    assert (doc["state"], doc["health"]) == ("running", "ok"), doc
+    with client(stack, DOMAIN) as web:
+        assert web.get("/links").headers["location"].endswith("/links/")
+        # every page is a route of index.php: the first visit is its set-up form
+        first = visit(web, "/links/")
+        assert first.status_code == 200 and "/links/install" in str(first.url), first.url
+        assert "Shaarli" in first.text
+        # its code is not served, and a client cannot pass for a member
+        assert web.get("/links/application/Utils.php").status_code == 404
+        assert web.get("/links/nosuch.php").status_code == 404
+    stack.isidorus("service", "remove", "shaarli")
+    assert stack.nginx.get(DOMAIN, "/links/").status_code == 404
