@@ -75,6 +75,20 @@ def php_string(value: object) -> str:
     return f"'{text}'"
 
 
+def lua_string(value: object) -> str:
+    """A Lua string literal of `value`, for the `lua` filter of templates: quotes,
+    backslashes and control characters escaped (as \\ddd, which every Lua reads)."""
+    out = []
+    for ch in str(value):
+        if ch in '\\"':
+            out.append("\\" + ch)
+        elif ord(ch) < 32 or ord(ch) == 127:
+            out.append(f"\\{ord(ch):03d}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
 def render_config(
     manifest: Manifest, templates: Path, where: Placement
 ) -> list[tuple[str, str, int]]:
@@ -118,6 +132,7 @@ def render_config(
 
     env.globals["secret"] = secret
     env.filters["php"] = php_string
+    env.filters["lua"] = lua_string
     for item in manifest.config:
         try:
             text = env.get_template(item.template).render(**where.values(), ldap=where.ldap)

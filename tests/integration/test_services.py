@@ -10,6 +10,7 @@ import pwd
 import re
 import shlex
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -385,3 +386,30 @@ def test_bepasty_from_pypi_shares_a_text_among_the_family(stack):
     stack.isidorus("service", "remove", "bepasty", "--purge")
     assert stack.get(paste, "/", "alice").status_code == 404
     assert not secret.exists() and not storage.exists()
+
+
+def test_mumble_a_voice_server_without_a_web_site(stack):
+    wait_until_bindable(64738)  # Mumble's port (its manifest)
+    doc = json.loads(stack.isidorus("service", "install", "mumble", "--json").out)
+    assert (doc["state"], doc["health"]) == ("running", "ok"), doc
+    # its apps connect to the port itself: the address says so, and nginx has no site
+    assert doc["url"] == f"mumble://mumble.{DOMAIN}:64738/"
+    assert not list(stack.nginx.sites_dir.glob("**/mumble.conf"))
+    password = (stack.root / "etc" / "mumble" / ".secret-server_password").read_text()
+    ini = (stack.root / "etc" / "mumble" / "mumble-server.ini").read_text()
+    assert f"serverpassword={password}\n" in ini and len(password) >= 40
+
+    # Mumble speaks TLS from the first byte, with a certificate it made for itself
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    with (
+        socket.create_connection(("127.0.0.1", 64738), timeout=10) as raw,
+        context.wrap_socket(raw) as tls,
+    ):
+        assert tls.version() in ("TLSv1.2", "TLSv1.3")
+        assert tls.getpeercert(binary_form=True)
+    database = stack.root / "data" / "mumble" / "mumble-server.sqlite"
+    assert database.is_file() and pwd.getpwuid(database.stat().st_uid).pw_name == "mumble-server"
+
+    stack.isidorus("service", "remove", "mumble", "--purge")
+    assert listed(stack) == {} and not database.exists()

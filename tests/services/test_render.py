@@ -3,13 +3,14 @@ once, then read back, so an upgrade renders the same one."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from isidorus.services.errors import ServiceError
 from isidorus.services.manifest import parse
-from isidorus.services.render import Placement, render_config
+from isidorus.services.render import Placement, lua_string, php_string, render_config
 
 MANIFEST = """
 id = "paste"
@@ -72,3 +73,31 @@ def test_a_secret_name_is_checked(tmp_path):
     (templates / "paste" / "app.conf").write_text('{{ secret("../x") }}')
     with pytest.raises(ServiceError, match="secret\\('../x'\\)"):
         render_config(parse(MANIFEST, "paste.toml"), templates, placement(tmp_path))
+
+
+AWKWARD = ["plain", 'it\'s \\ a "test" $HOME {$x} ${y}', "line\nbreak\ttab\x01\x7f", "été 🌍"]
+
+
+@pytest.mark.parametrize("value", AWKWARD)
+def test_a_php_string_is_read_back_by_php_as_it_was(value):
+    # PHP's own interpreter reads the literal the `php` filter writes
+    program = f"echo bin2hex({php_string(value)});"
+    out = subprocess.run(["php", "-r", program], capture_output=True, text=True, check=True)
+    assert bytes.fromhex(out.stdout).decode() == value
+
+
+@pytest.mark.parametrize("value", AWKWARD)
+def test_a_lua_string_is_read_back_by_lua_as_it_was(value):
+    program = f"io.write((({lua_string(value)}):gsub('.', function(c) "
+    program += "return string.format('%02x', c:byte()) end)))"
+    out = subprocess.run(["lua5.4", "-e", program], capture_output=True, text=True, check=True)
+    assert bytes.fromhex(out.stdout).decode() == value
+
+
+def test_shared_templates_fill_in_what_a_service_lacks(tmp_path):
+    text = MANIFEST.replace('template = "app.conf"', 'template = "php-fpm.conf"')
+    manifest = parse(text, "paste.toml")
+    (tmp_path / "paste").mkdir()  # the service's own folder, without that template
+    [(path, conf, _)] = render_config(manifest, tmp_path, placement(tmp_path))
+    assert path == str(tmp_path / "etc" / "app.conf")
+    assert "listen = 127.0.0.1:5999" in conf and "\n[paste]\n" in conf

@@ -1,0 +1,67 @@
+"""Prosody installed for real: members sign in to XMPP with the host's password, checked
+against its LDAP directory (a real slapd), here through BOSH behind nginx as a web
+client would. On the stack of test_services (supervisord, nginx, isidorus serve)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+
+from tests.integration import test_services
+from tests.integration.slapd import running_slapd
+from tests.integration.test_services import DOMAIN, PASSWORDS, Stack, listed, wait_until_bindable
+from tests.integration.test_services_fastcgi import client, with_directory
+
+pytestmark = test_services.pytestmark
+stack = test_services.stack  # the same stack, fixture and all
+
+BOSH = "http://jabber.org/protocol/httpbind"
+SASL = "urn:ietf:params:xml:ns:xmpp-sasl"
+
+
+def xmpp_sign_in(stack: Stack, chat: str, name: str, password: str) -> str:
+    """Open a BOSH session with the chat server and authenticate with SASL PLAIN, as a web
+    client does; what the server answers the authentication with."""
+    with client(stack, chat) as web:
+        opened = web.post(
+            "/http-bind",
+            content=f"<body rid='1000' to='{chat}' xml:lang='en' wait='10' hold='1' ver='1.6' "
+            f"xmlns='{BOSH}' xmlns:xmpp='urn:xmpp:xbosh' xmpp:version='1.0'/>",
+            headers={"Content-Type": "text/xml; charset=utf-8"},
+        )
+        assert opened.status_code == 200, opened.text
+        sid = re.search(r"sid=['\"]([^'\"]+)['\"]", opened.text)
+        assert sid is not None, opened.text
+        assert "<mechanism>PLAIN</mechanism>" in opened.text, opened.text
+        token = base64.b64encode(f"\0{name}\0{password}".encode()).decode()
+        answer = web.post(
+            "/http-bind",
+            content=f"<body rid='1001' sid='{sid[1]}' xmlns='{BOSH}'>"
+            f"<auth xmlns='{SASL}' mechanism='PLAIN'>{token}</auth></body>",
+            headers={"Content-Type": "text/xml; charset=utf-8"},
+        )
+        assert answer.status_code == 200, answer.text
+        return answer.text
+
+
+def test_prosody_members_sign_in_with_their_host_password(stack, tmp_path):
+    wait_until_bindable(5280)  # its web side's port (its manifest)
+    with running_slapd(tmp_path / "slapd") as slapd:
+        with_directory(stack, slapd)
+        doc = json.loads(stack.isidorus("service", "install", "prosody", "--json").out)
+        assert (doc["state"], doc["health"]) == ("running", "ok"), doc
+        chat = f"prosody.{DOMAIN}"
+        answer = xmpp_sign_in(stack, chat, "alice", PASSWORDS["alice"])
+        assert "<success" in answer, answer
+        answer = xmpp_sign_in(stack, chat, "alice", "not her password")
+        assert "<failure" in answer and "not-authorized" in answer, answer
+        answer = xmpp_sign_in(stack, chat, "nobody", PASSWORDS["alice"])
+        assert "<failure" in answer, answer
+        # a member disabled in isidorus is out of XMPP too (the directory follows)
+        stack.isidorus("user", "disable", "alice")
+        assert "<failure" in xmpp_sign_in(stack, chat, "alice", PASSWORDS["alice"])
+
+        stack.isidorus("service", "remove", "prosody", "--purge")
+        assert listed(stack) == {}
+        assert stack.nginx.get(chat, "/http-bind").status_code == 404
