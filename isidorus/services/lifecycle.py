@@ -166,6 +166,7 @@ def site(
         index=web.index,
         front_controller=web.front_controller,
         deny=tuple(web.deny),
+        upstream_host=web.host,
     )
 
 

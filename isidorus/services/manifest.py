@@ -232,6 +232,9 @@ class Web(Strict):
     # folders of root that must never be served (their data, their configuration)
     deny: list[Annotated[str, StringConstraints(pattern=_DENY_RE)]] = []
     address: str | None = None  # for none: what clients connect to, e.g. mumble://{domain}
+    # for proxy: the Host nginx sends the service instead of the visitor's, for services
+    # that answer only to their own address (Syncthing's guard against DNS rebinding)
+    host: Annotated[str, StringConstraints(pattern=r"^[a-z0-9.-]+(:[0-9]{1,5})?$")] | None = None
 
     @model_validator(mode="after")
     def _fields_of_kind(self) -> Web:
@@ -245,6 +248,8 @@ class Web(Strict):
             _check_placeholders(self.address)
         elif self.address is not None:
             raise ValueError('address is for kind = "none" (the others are reached by URL)')
+        if self.host is not None and self.kind != "proxy":
+            raise ValueError('host is for kind = "proxy"')
         return self
 
 

@@ -92,6 +92,7 @@ _GROUP = re.compile(r"[a-z][a-z0-9._-]{0,31}")
 _FILE = re.compile(r'/[^"\\$\x00-\x1f\x7f]*')
 _URL = re.compile(r"https?://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?(/[^\s\"'\\$;{}]*)?")
 _ROOT = re.compile(r"/[A-Za-z0-9._/-]*")
+_UPSTREAM_HOST = re.compile(r"[a-z0-9.-]+(:[0-9]{1,5})?")
 _INDEX = re.compile(r"[A-Za-z0-9._-]+\.php")
 _DENY = re.compile(r"/[A-Za-z0-9._-]+/")
 _ADDRESS = re.compile(r"\*|[0-9.]+|\[[0-9A-Fa-f:.]+\]")
@@ -116,6 +117,7 @@ class Site:
     index: str = "index.php"
     front_controller: bool = False  # requests for no file go to the index
     deny: tuple[str, ...] = ()  # folders of the root never served, like "/data/"
+    upstream_host: str | None = None  # the Host the service gets (None: the visitor's)
 
 
 class _Refused(HostError):
@@ -269,7 +271,7 @@ class Nginx:
         return [
             *lines,
             "    proxy_http_version 1.1;",
-            "    proxy_set_header Host $http_host;",
+            f"    proxy_set_header Host {site.upstream_host or '$http_host'};",
             "    proxy_set_header X-Real-IP $remote_addr;",
             # nginx is the edge: the address it saw, never a list the client made up
             "    proxy_set_header X-Forwarded-For $remote_addr;",
@@ -590,6 +592,8 @@ def check(site: Site) -> None:
     for group in site.allow if site.sso == "header" else ():
         if not _GROUP.fullmatch(group):
             raise UsageError(f"{group!r} is not a group name")
+    if site.upstream_host is not None and not _UPSTREAM_HOST.fullmatch(site.upstream_host):
+        raise UsageError(f"{site.upstream_host!r} is not a Host to send: write name[:port]")
     if site.fastcgi_root is not None and not _ROOT.fullmatch(site.fastcgi_root):
         raise UsageError(f"{site.fastcgi_root!r} cannot be a site's root: write /a/folder")
     if not _INDEX.fullmatch(site.index):

@@ -413,3 +413,27 @@ def test_mumble_a_voice_server_without_a_web_site(stack):
 
     stack.isidorus("service", "remove", "mumble", "--purge")
     assert listed(stack) == {} and not database.exists()
+
+
+def test_syncthing_and_whoogle_behind_single_sign_on(stack):
+    for port in (8384, 5000):  # syncthing's, whoogle's (manifests)
+        wait_until_bindable(port)
+    for service in ("syncthing", "whoogle"):
+        doc = json.loads(
+            stack.isidorus("service", "install", service, "--allow", "family", "--json").out
+        )
+        assert (doc["state"], doc["health"]) == ("running", "ok"), doc
+    # syncthing's own web interface, for a member of the family only
+    sync = f"syncthing.{DOMAIN}"
+    page = stack.get(sync, "/", "alice")
+    assert page.status_code == 200 and "Syncthing" in page.text, page.text[:500]
+    assert stack.get(sync, "/", "bob").status_code == 403
+    assert stack.get(sync, "/").status_code == 302  # to the login page
+    # whoogle's search page; the search itself would ask Google, which tests never do
+    search = f"whoogle.{DOMAIN}"
+    page = stack.get(search, "/", "alice")
+    assert page.status_code == 200 and "Whoogle" in page.text, page.text[:500]
+    assert stack.get(search, "/", "bob").status_code == 403
+    for service in ("syncthing", "whoogle"):
+        stack.isidorus("service", "remove", service, "--purge")
+    assert listed(stack) == {}

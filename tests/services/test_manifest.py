@@ -83,6 +83,8 @@ def test_the_built_in_catalog_is_valid_and_covers_the_big_replacements():
         ("web", {"kind": "none"}, 'kind = "none" needs address'),
         ("web", {"kind": "none", "address": "x://{host}"}, "unknown placeholder {host}"),
         ("web", {"address": "x://{domain}"}, 'address is for kind = "none"'),
+        ("web", {"host": "local host"}, "web.host: String should match"),
+        ("web", {"kind": "fastcgi", "root": "/srv", "host": "localhost"}, "host is for kind"),
         # nginx would have no site to set the member's name in
         ("web", {"kind": "none", "address": "x://{domain}"}, "needs a web site"),
     ],

@@ -163,6 +163,12 @@ def test_a_php_site_under_a_path_aliases_its_root_and_routes_to_its_index():
     assert 'fastcgi_param REMOTE_USER "";' in text and "auth_request" not in text
 
 
+def test_a_service_that_answers_only_to_its_own_address_gets_it_as_host():
+    text = NGINX.render(make_site(upstream_host="localhost"))
+    assert "proxy_set_header Host localhost;" in text and "$http_host;" in text  # forwarded
+    assert "proxy_set_header Host $http_host;" in NGINX.render(make_site())
+
+
 def test_a_whole_domain_passes_the_uri_as_it_came():
     text = NGINX.render(make_site(path="/"))
     assert "location / {" in text and "location = / " not in text
@@ -243,6 +249,7 @@ BAD = [
     ({"tls": Certificate("/x/$host.crt", "/x/a.key", "a", CERT.not_after, True)}, "cannot be"),
     ({"tls": Certificate("x.crt", "/x/a.key", "a", CERT.not_after, True)}, "cannot be named"),
     ({"tls": CERT, "listen_https": 80}, "are both 80"),
+    ({"upstream_host": "localhost; deny all"}, "is not a Host to send"),
     ({"fastcgi_root": '/srv/"x'}, "cannot be a site's root"),
     ({"fastcgi_root": "srv/x"}, "cannot be a site's root"),
     ({"fastcgi_root": "/srv/x", "index": "index.html"}, "is not an index page"),
