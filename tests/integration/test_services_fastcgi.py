@@ -1,12 +1,14 @@
-"""PHP services installed for real: each runs its own PHP-FPM under the process manager,
+"""PHP services installed for real: each runs a PHP-FPM of its own under the process manager,
 and nginx serves the application's files and hands its pages to it over FastCGI. DokuWiki
 signs members in against the host's LDAP directory (a real slapd); Shaarli lives under a
 path of a shared domain. On the stack of test_services (supervisord, nginx, isidorus)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import sqlite3
 from pathlib import Path
 
 import httpx2
@@ -158,3 +160,32 @@ def test_shaarli_under_a_path_of_a_shared_domain(stack):
         assert web.get("/links/nosuch.php").status_code == 404
     stack.isidorus("service", "remove", "shaarli")
     assert stack.nginx.get(DOMAIN, "/links/").status_code == 404
+
+
+def test_roundcube_webmail_with_its_own_database(stack):
+    wait_until_bindable(9004)  # its PHP-FPM's port (its manifest)
+    doc = json.loads(
+        stack.isidorus("service", "install", "roundcube", "--allow", "family", "--json").out
+    )
+    assert (doc["state"], doc["health"]) == ("running", "ok"), doc
+    mail = f"roundcube.{DOMAIN}"
+    with client(stack, mail) as web:
+        page = web.get("/")
+        assert page.status_code == 200, page.text
+        assert f"Webmail of {mail}" in page.text  # isidorus's configuration, not Debian's
+        token = re.search(r'name="_token" value="([^"]+)"', page.text)
+        assert token is not None, page.text
+        # its sessions live in its database, made with its tables at the first page
+        database = stack.root / "data" / "roundcube" / "roundcube.db"
+        with contextlib.closing(sqlite3.connect(database)) as db:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+        assert {"session", "users"} <= tables, tables
+        # signing in asks the mail server, which this test host has not: Roundcube says so
+        r = web.post(
+            "/?_task=login",
+            data={"_token": token[1], "_task": "login", "_action": "login",
+                  "_user": "alice@example.test", "_pass": PASSWORDS["alice"]},
+        )  # fmt: skip
+        assert "Connection to storage server failed" in r.text, r.text[-2000:]
+    stack.isidorus("service", "remove", "roundcube", "--purge")
+    assert listed(stack) == {} and not database.exists()
