@@ -236,6 +236,11 @@ def install(
                 new = list(added.packages)
                 journal.did(f"packages {', '.join(new)}", lambda: packages.apt_remove(new))
 
+        for unit in manifest.run.take_over:
+            step = f"stopping the system's own {unit}"
+            say(f"stopping the system's own {unit}: isidorus runs {manifest.id} itself")
+            machinery.processes.take_over(unit)
+
         step = "creating the system user"
         if users.ensure_system_user(where.user, where.data_dir):
             added.user = where.user

@@ -100,6 +100,11 @@ class Run(Strict):
     # folders the service needs and does not make itself, inside its data directory: made
     # at install (and at an upgrade that brings new ones), owned by its user
     directories: list[str] = []
+    # the system's own services its Debian packages start (at their install, at boot),
+    # which isidorus stops and keeps stopped: it runs that software itself
+    take_over: list[
+        Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}\.service$")]
+    ] = []
 
     @field_validator("directories")
     @classmethod

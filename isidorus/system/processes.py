@@ -32,6 +32,7 @@ ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 MARK = "Written by isidorus"
 CTL_TIMEOUT = 120.0  # seconds: a stop waits up to stopwaitsecs per process, then kills
+INIT_D = "/etc/init.d"
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,11 @@ class ProcessManager(Protocol):
 
     def logs(self, name: str, lines: int = 100) -> list[str]:
         """Its last `lines` lines of output (stdout and stderr), oldest first."""
+
+    def take_over(self, unit: str) -> None:
+        """Stop the system's own service `unit` (one a Debian package starts at its
+        install and at boot) and keep it from starting again: isidorus runs that
+        software itself, its way. Absent: nothing to do."""
 
 
 def process_manager(settings: Mapping[str, Any]) -> ProcessManager:
@@ -232,6 +238,13 @@ class SystemdManager:
         self._ctl("enable", "--quiet", unit)
         self._ctl("restart", unit)
 
+    def take_over(self, unit: str) -> None:
+        if run(["systemctl", "cat", "--", unit], check=False).returncode != 0:
+            return  # no such unit
+        # masked, not only disabled: a package's upgrade enables its units again
+        self._ctl("stop", "--quiet", "--", unit)
+        self._ctl("mask", "--quiet", "--", unit)
+
     def state(self, name: str) -> str:
         if _read_own(self._unit(name)) is None:
             return "absent"
@@ -347,6 +360,16 @@ class SupervisordManager:
 
     def _conf(self, name: str) -> str:
         return os.path.join(self.conf_dir, f"{_checked(name)}.conf")
+
+    def take_over(self, unit: str) -> None:
+        # without systemd, a Debian package's service is its init script
+        name = unit.removesuffix(".service")
+        script = os.path.join(INIT_D, _checked(name))
+        if not os.path.exists(script):
+            return
+        run([script, "stop"], what=f"{script} stop", timeout=CTL_TIMEOUT, check=False)
+        # the links that start it at boot become links that stop it (kept by upgrades)
+        run(["update-rc.d", name, "disable"], what=f"update-rc.d {name} disable", check=False)
 
     def log_file(self, name: str) -> str:
         return os.path.join(self.log_dir, f"{_checked(name)}.log")

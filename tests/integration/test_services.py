@@ -4,6 +4,7 @@ a supervisord and an nginx of the test's own, `isidorus serve` answering nginx's
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import pwd
@@ -408,6 +409,9 @@ def test_mumble_a_voice_server_without_a_web_site(stack):
     ):
         assert tls.version() in ("TLSv1.2", "TLSv1.3")
         assert tls.getpeercert(binary_form=True)
+    # Debian's own mumble-server, which its package would start at boot, never starts
+    assert glob.glob("/etc/rc[2-5].d/K*mumble-server")
+    assert not glob.glob("/etc/rc[2-5].d/S*mumble-server")
     database = stack.root / "data" / "mumble" / "mumble-server.sqlite"
     assert database.is_file() and pwd.getpwuid(database.stat().st_uid).pw_name == "mumble-server"
 
