@@ -1,12 +1,15 @@
-"""Prosody installed for real: members sign in to XMPP with the host's password, checked
-against its LDAP directory (a real slapd), here through BOSH behind nginx as a web
-client would. On the stack of test_services (supervisord, nginx, isidorus serve)."""
+"""Chat servers installed for real, whose members sign in with the host's password, checked
+against its LDAP directory (a real slapd): Prosody (XMPP, here through BOSH behind nginx as
+a web client would) and Matrix Synapse (its client API behind nginx, as Element would).
+On the stack of test_services (supervisord, nginx, isidorus serve)."""
 
 from __future__ import annotations
 
 import base64
 import json
 import re
+
+import httpx2
 
 from tests.integration import test_services
 from tests.integration.slapd import running_slapd
@@ -65,3 +68,36 @@ def test_prosody_members_sign_in_with_their_host_password(stack, tmp_path):
         stack.isidorus("service", "remove", "prosody", "--purge")
         assert listed(stack) == {}
         assert stack.nginx.get(chat, "/http-bind").status_code == 404
+
+
+def matrix_sign_in(stack: Stack, server: str, name: str, password: str) -> httpx2.Response:
+    """Matrix's password login, as Element sends it."""
+    with client(stack, server) as web:
+        return web.post(
+            "/_matrix/client/v3/login",
+            json={
+                "type": "m.login.password",
+                "identifier": {"type": "m.id.user", "user": name},
+                "password": password,
+            },
+        )
+
+
+def test_synapse_members_sign_in_with_their_host_password(stack, tmp_path):
+    wait_until_bindable(8008)  # its port (its manifest)
+    with running_slapd(tmp_path / "slapd") as slapd:
+        with_directory(stack, slapd)
+        doc = json.loads(stack.isidorus("service", "install", "synapse", "--json").out)
+        assert (doc["state"], doc["health"]) == ("running", "ok"), doc
+        server = f"synapse.{DOMAIN}"
+        r = matrix_sign_in(stack, server, "alice", PASSWORDS["alice"])
+        assert r.status_code == 200, r.text
+        assert r.json()["user_id"] == f"@alice:{server}" and r.json()["access_token"]
+        r = matrix_sign_in(stack, server, "alice", "not her password")
+        assert (r.status_code, r.json()["errcode"]) == (403, "M_FORBIDDEN"), r.text
+        # its identity, a key made at its first start, is kept with its data
+        key = stack.root / "data" / "synapse" / "keys" / "signing.key"
+        assert key.read_text().startswith("ed25519 ")
+
+        stack.isidorus("service", "remove", "synapse", "--purge")
+        assert listed(stack) == {} and not key.exists()
