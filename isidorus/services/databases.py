@@ -8,6 +8,13 @@ runs, and loaded back while it is stopped.
 - postgresql: `pg_dump --format=custom` of the database NAME on the host's cluster, run as
   the `postgres` user, `NAME.pgdump`; loaded back with `pg_restore --clean --create`: the
   database is dropped and made again as it was (refused while anything is connected to it).
+- mysql: `mysqldump --single-transaction` of the database NAME on the host's MariaDB (at
+  MYSQL_UNIX_PORT, as for its own clients; root signs in by its Unix identity), `NAME.sql`;
+  loaded back with `mysql`, which drops the database and makes it again from the dump.
+
+The server databases (postgresql, mysql) are made at install, owned by the service's user,
+who signs in by its Unix identity over the local socket (PostgreSQL's peer, MariaDB's
+unix_socket): no password to keep anywhere.
 """
 
 from __future__ import annotations
@@ -26,12 +33,59 @@ from isidorus.services.render import Placement
 
 Say = Callable[[str], None]
 SIDECARS = ("-wal", "-shm", "-journal")
-PG_TIMEOUT = 3600.0  # seconds: a large database takes a while to dump
+CLIENT_TIMEOUT = 3600.0  # seconds: a large database takes a while to dump
+
+
+MYSQL_SOCKET = "/run/mysqld/mysqld.sock"  # Debian's MariaDB
+
+
+def mysql_socket() -> str:
+    """Where the host's MariaDB listens: MYSQL_UNIX_PORT, as for its own clients."""
+    return os.environ.get("MYSQL_UNIX_PORT") or MYSQL_SOCKET
 
 
 def dump_file(db: Database) -> str:
     """The name of a database's dump in the dump directory."""
-    return f"{db.name}.sqlite" if db.kind == "sqlite" else f"{db.name}.pgdump"
+    return {"sqlite": f"{db.name}.sqlite", "mysql": f"{db.name}.sql"}.get(
+        db.kind, f"{db.name}.pgdump"
+    )
+
+
+def provision(db: Database, user: str) -> bool:
+    """Make a server database (postgresql, mysql) and its owner, the service's Unix user,
+    unless they exist; whether it made the database. sqlite: nothing (the service makes
+    its file)."""
+    if db.kind == "postgresql":
+        role = _pg(["psql", "-tAc", f"SELECT 1 FROM pg_roles WHERE rolname = '{user}'"], db.name)
+        if role.strip() != "1":
+            _pg(["createuser", "--", user], db.name)
+        found = _pg(["psql", "-tAc", f"SELECT 1 FROM pg_database WHERE datname = '{db.name}'"],
+                    db.name)  # fmt: skip
+        if found.strip() == "1":
+            return False
+        _pg(["createdb", "--owner", user, "--", db.name], db.name)
+        return True
+    if db.kind == "mysql":
+        found = _mysql(["--execute", f"SHOW DATABASES LIKE '{db.name}'"], db.name)
+        _mysql(
+            [
+                "--execute",
+                f"CREATE USER IF NOT EXISTS '{user}'@'localhost' IDENTIFIED VIA unix_socket; "
+                f"CREATE DATABASE IF NOT EXISTS `{db.name}` CHARACTER SET utf8mb4; "
+                f"GRANT ALL PRIVILEGES ON `{db.name}`.* TO '{user}'@'localhost';",
+            ],
+            db.name,
+        )
+        return found.strip() != db.name
+    return False
+
+
+def drop(db: Database) -> None:
+    """Take away a server database that an install made (a failed install, a purge)."""
+    if db.kind == "postgresql":
+        _pg(["dropdb", "--if-exists", "--", db.name], db.name)
+    elif db.kind == "mysql":
+        _mysql(["--execute", f"DROP DATABASE IF EXISTS `{db.name}`"], db.name)
 
 
 def dump_all(databases: list[Database], where: Placement, dump_dir: str, say: Say) -> None:
@@ -44,6 +98,9 @@ def dump_all(databases: list[Database], where: Placement, dump_dir: str, say: Sa
         if db.kind == "sqlite":
             assert db.path is not None
             _dump_sqlite(where.fill(db.path), out)
+        elif db.kind == "mysql":
+            dump = ["mysqldump", "--single-transaction", "--routines", "--events"]
+            _mysql_program([*dump, "--add-drop-database", "--databases", db.name], db.name, out=out)
         else:
             _pg(["pg_dump", "--format=custom", "--", db.name], db.name, out=out)
 
@@ -56,7 +113,11 @@ def load_all(databases: list[Database], where: Placement, dump_dir: str, say: Sa
         if db.kind == "sqlite":
             assert db.path is not None
             _load_sqlite(dump, where.fill(db.path), where.user)
-        elif os.path.exists(dump):
+        elif not os.path.exists(dump):
+            raise ServiceError(f"the snapshot holds no dump of the {db.kind} database {db.name}")
+        elif db.kind == "mysql":
+            _mysql_program(["mysql"], db.name, source=dump)
+        else:
             # the database made anew from the dump: tables a newer version added are gone
             # too (they would stop that version's migrations at the next upgrade)
             _pg(
@@ -64,8 +125,6 @@ def load_all(databases: list[Database], where: Placement, dump_dir: str, say: Sa
                 db.name,
                 source=dump,
             )
-        else:
-            raise ServiceError(f"the snapshot holds no dump of the postgresql database {db.name}")
 
 
 def _dump_sqlite(path: str, out: str) -> None:
@@ -125,29 +184,48 @@ def _load_sqlite(dump: str, path: str, user: str) -> None:
         raise ServiceError(f"cannot put back the sqlite database {path}: {exc.strerror}") from None
 
 
-def _pg(argv: list[str], name: str, *, out: str | None = None, source: str | None = None) -> None:
-    """A PostgreSQL client program as the `postgres` user, its output to `out` or its input
-    from `source` (binary: run() only handles text)."""
-    full = ["runuser", "-u", "postgres", "--", *argv]
+def _pg(argv: list[str], name: str, *, out: str | None = None, source: str | None = None) -> str:
+    """A PostgreSQL client program as the `postgres` user (see _client)."""
+    return _client(["runuser", "-u", "postgres", "--", *argv], "postgresql", name, out, source)
+
+
+def _mysql(args: list[str], name: str) -> str:
+    """An SQL statement through MariaDB's `mysql`, as root; what it printed."""
+    return _mysql_program(["mysql", "--batch", "--skip-column-names", *args], name)
+
+
+def _mysql_program(
+    argv: list[str], name: str, *, out: str | None = None, source: str | None = None
+) -> str:
+    return _client([argv[0], f"--socket={mysql_socket()}", *argv[1:]], "mysql", name, out, source)
+
+
+def _client(full: list[str], kind: str, name: str, out: str | None, source: str | None) -> str:
+    """A database's client program, its output to `out` (else returned) or its input from
+    `source` (binary: run() only handles text). ServiceError with its last line."""
+    program = full[4] if full[0] == "runuser" else full[0]
     try:
         with contextlib.ExitStack() as files:
-            stdout = files.enter_context(open(out + ".tmp", "wb")) if out else subprocess.DEVNULL
+            stdout = files.enter_context(open(out + ".tmp", "wb")) if out else subprocess.PIPE
             stdin = files.enter_context(open(source, "rb")) if source else subprocess.DEVNULL
             result = subprocess.run(
-                full, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, timeout=PG_TIMEOUT
+                full, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, timeout=CLIENT_TIMEOUT
             )
     except FileNotFoundError:
+        package = "postgresql-client" if kind == "postgresql" else "mariadb-client"
         raise ServiceError(
-            f"{argv[0]} is not installed: install the Debian package postgresql-client"
+            f"{program} is not installed: install the Debian package {package}"
         ) from None
     except subprocess.TimeoutExpired:
-        raise ServiceError(f"{argv[0]} of {name} took more than {PG_TIMEOUT:.0f} s") from None
+        raise ServiceError(f"{program} of {name} took more than {CLIENT_TIMEOUT:.0f} s") from None
     if result.returncode != 0:
         if out:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(out + ".tmp")
         lines = [ln for ln in result.stderr.decode(errors="replace").splitlines() if ln.strip()]
         why = lines[-1].strip() if lines else f"exit {result.returncode}"
-        raise ServiceError(f"{argv[0]} of the postgresql database {name} failed: {why}")
+        raise ServiceError(f"{program} of the {kind} database {name} failed: {why}")
     if out:
         os.replace(out + ".tmp", out)
+        return ""
+    return result.stdout.decode(errors="replace")

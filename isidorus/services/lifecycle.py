@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from isidorus.services import databases
 from isidorus.services.errors import ServiceError
 from isidorus.services.health import port_holder, port_is_free, wait_healthy
 from isidorus.services.manifest import Manifest
@@ -61,6 +62,7 @@ class Added:
     directories: list[str] = field(default_factory=list)
     # configuration files it wrote outside its own folders (an application's conf.d)
     files: list[str] = field(default_factory=list)
+    databases: list[str] = field(default_factory=list)  # server databases it made, by name
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -72,6 +74,7 @@ class Added:
             user=str(doc.get("user", "")),
             directories=list(doc.get("directories", [])),
             files=list(doc.get("files", [])),
+            databases=list(doc.get("databases", [])),
         )
 
 
@@ -137,6 +140,7 @@ def placement(machinery: Machinery, manifest: Manifest, domain: str, path: str) 
         data_dir=os.path.join(machinery.data_root, manifest.id),
         config_dir=os.path.join(machinery.config_root, manifest.id),
         ldap=machinery.ldap if manifest.sso.kind == "ldap" else None,
+        mysql_socket=databases.mysql_socket(),
     )
 
 
@@ -167,6 +171,7 @@ def site(
         front_controller=web.front_controller,
         deny=tuple(web.deny),
         upstream_host=web.host,
+        aliases=tuple(web.aliases.items()),
     )
 
 
@@ -256,6 +261,21 @@ def install(
                 added.directories.append(d)
                 note(added)
                 journal.did(f"directory {d}", functools.partial(_rmtree, d))
+
+        for unit in manifest.run.needs:
+            step = f"starting {unit}"
+            say(f"starting {unit}, which {manifest.id} needs")
+            machinery.processes.bring_up(unit)
+
+        for db in manifest.data.databases:
+            if db.kind == "sqlite":
+                continue
+            step = f"making the {db.kind} database {db.name}"
+            say(f"making the {db.kind} database {db.name}, owned by {where.user}")
+            if databases.provision(db, where.user):
+                added.databases.append(db.name)
+                note(added)
+                journal.did(f"database {db.name}", functools.partial(databases.drop, db))
 
         for d in manifest.run.directories:
             users.make_directory(
@@ -386,6 +406,11 @@ def remove(
     if purge:
         steps += [(f"directory {d}", functools.partial(_rmtree, d)) for d in added.directories]
         steps += [(f"file {f}", functools.partial(_unlink, f)) for f in added.files]
+        steps += [
+            (f"database {db.name}", functools.partial(databases.drop, db))
+            for db in manifest.data.databases
+            if db.name in added.databases
+        ]
         if added.user:
             steps.append((f"user {added.user}", lambda: users.remove_system_user(added.user)))
         # packages that another installed service needs stay

@@ -102,6 +102,10 @@ class Run(Strict):
     directories: list[str] = []
     # the system's own services its Debian packages start (at their install, at boot),
     # which isidorus stops and keeps stopped: it runs that software itself
+    # the system's own services it needs running (a database server): started at install
+    needs: list[
+        Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}\.service$")]
+    ] = []
     take_over: list[
         Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}\.service$")]
     ] = []
@@ -171,7 +175,7 @@ class ConfigFile(Strict):
 class Database(Strict):
     """A database the service keeps, with how to dump it consistently and restore it."""
 
-    kind: Literal["sqlite", "postgresql"]
+    kind: Literal["sqlite", "postgresql", "mysql"]
     # names its dump file, and the database on the host's PostgreSQL
     name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]
     path: str | None = None  # for sqlite
@@ -236,6 +240,11 @@ class Web(Strict):
     front_controller: bool = False
     # folders of root that must never be served (their data, their configuration)
     deny: list[Annotated[str, StringConstraints(pattern=_DENY_RE)]] = []
+    # folders of the site served from elsewhere, as files only (WordPress's wp-content)
+    aliases: dict[
+        Annotated[str, StringConstraints(pattern=_DENY_RE)],
+        Annotated[str, StringConstraints(pattern=_ROOT_RE)],
+    ] = {}
     address: str | None = None  # for none: what clients connect to, e.g. mumble://{domain}
     # for proxy: the Host nginx sends the service instead of the visitor's, for services
     # that answer only to their own address (Syncthing's guard against DNS rebinding)
@@ -245,8 +254,8 @@ class Web(Strict):
     def _fields_of_kind(self) -> Web:
         if self.kind == "fastcgi" and self.root is None:
             raise ValueError('kind = "fastcgi" needs root = the folder of the PHP application')
-        if self.kind != "fastcgi" and (self.root is not None or self.deny):
-            raise ValueError('root and deny are for kind = "fastcgi"')
+        if self.kind != "fastcgi" and (self.root is not None or self.deny or self.aliases):
+            raise ValueError('root, deny and aliases are for kind = "fastcgi"')
         if self.kind == "none":
             if not self.address:
                 raise ValueError('kind = "none" needs address = how clients reach it')

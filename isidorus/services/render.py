@@ -36,6 +36,8 @@ class Placement:
     # for the templates of a service that signs members in by LDAP: url, host, port,
     # base_dn, people_dn, groups_dn, bind_dn, bind_password (None: the host keeps none)
     ldap: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
+    # the host's MariaDB, for the templates of a service with a mysql database
+    mysql_socket: str = "/run/mysqld/mysqld.sock"
 
     def values(self) -> dict[str, str]:
         return {
@@ -135,7 +137,9 @@ def render_config(
     env.filters["lua"] = lua_string
     for item in manifest.config:
         try:
-            text = env.get_template(item.template).render(**where.values(), ldap=where.ldap)
+            text = env.get_template(item.template).render(
+                **where.values(), ldap=where.ldap, mysql_socket=where.mysql_socket
+            )
         except jinja2.TemplateNotFound:
             raise ServiceError(
                 f"{manifest.id}: the template {item.template!r} is not in {templates / manifest.id}"

@@ -118,6 +118,7 @@ class Site:
     front_controller: bool = False  # requests for no file go to the index
     deny: tuple[str, ...] = ()  # folders of the root never served, like "/data/"
     upstream_host: str | None = None  # the Host the service gets (None: the visitor's)
+    aliases: tuple[tuple[str, str], ...] = ()  # ("/wp-content/", folder): files served as is
 
 
 class _Refused(HostError):
@@ -304,6 +305,14 @@ class Nginx:
             # would look for the index as a file under the wrong name
             lines.append(f"    try_files $uri $uri/ {front};")
         lines += [f"    location ^~ {prefix}{d} {{ return 404; }}" for d in site.deny]
+        for where, folder in site.aliases:
+            # files only: a script there is neither run nor shown
+            lines += [
+                f"    location ^~ {prefix}{where} {{",
+                f'        alias "{folder.rstrip("/")}/";',
+                "        location ~ \\.php$ { return 404; }",
+                "    }",
+            ]
         # nginx hides a client's header from PHP when a parameter of its HTTP_ name is set
         params = [(_cgi(h), '""') for h in _unique([*cleared, "Proxy"])]
         if header is not None:
@@ -601,6 +610,9 @@ def check(site: Site) -> None:
     for folder in site.deny:
         if not _DENY.fullmatch(folder):
             raise UsageError(f"{folder!r} is not a folder to deny: write /name/")
+    for where, folder in site.aliases:
+        if not _DENY.fullmatch(where) or not _ROOT.fullmatch(folder):
+            raise UsageError(f"{where!r} → {folder!r} is not an alias: write /name/ → /a/folder")
     if site.tls is not None:
         for path in (site.tls.cert_file, site.tls.key_file):
             if not _FILE.fullmatch(path):

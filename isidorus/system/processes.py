@@ -110,6 +110,11 @@ class ProcessManager(Protocol):
         install and at boot) and keep it from starting again: isidorus runs that
         software itself, its way. Absent: nothing to do."""
 
+    def bring_up(self, unit: str) -> None:
+        """Start the system's own service `unit` (a database server services share) and
+        have it start at boot; running already: nothing to do. HostError when it is not
+        there or does not start."""
+
 
 def process_manager(settings: Mapping[str, Any]) -> ProcessManager:
     """systemd when it is PID 1, else supervisord as `settings` configure it."""
@@ -245,6 +250,9 @@ class SystemdManager:
         self._ctl("stop", "--quiet", "--", unit)
         self._ctl("mask", "--quiet", "--", unit)
 
+    def bring_up(self, unit: str) -> None:
+        self._ctl("enable", "--now", "--quiet", "--", unit)
+
     def state(self, name: str) -> str:
         if _read_own(self._unit(name)) is None:
             return "absent"
@@ -370,6 +378,16 @@ class SupervisordManager:
         run([script, "stop"], what=f"{script} stop", timeout=CTL_TIMEOUT, check=False)
         # the links that start it at boot become links that stop it (kept by upgrades)
         run(["update-rc.d", name, "disable"], what=f"update-rc.d {name} disable", check=False)
+
+    def bring_up(self, unit: str) -> None:
+        name = unit.removesuffix(".service")
+        script = os.path.join(INIT_D, _checked(name))
+        if not os.path.exists(script):
+            raise HostError(f"{unit} is needed and not installed: no {script}")
+        status = run([script, "status"], what=f"{script} status", check=False)
+        if status.returncode != 0:
+            run([script, "start"], what=f"{script} start", timeout=CTL_TIMEOUT)
+        run(["update-rc.d", name, "enable"], what=f"update-rc.d {name} enable", check=False)
 
     def log_file(self, name: str) -> str:
         return os.path.join(self.log_dir, f"{_checked(name)}.log")
