@@ -108,6 +108,10 @@ def main() -> None:
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--connections", type=int, default=100)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1,
+        help="isidorus serve's processes (default: one per core, as serve starts)",
+    )  # fmt: skip
     ap.add_argument("--json", metavar="FILE")
     args = ap.parse_args()
     for tool in ("wrk", "nginx"):
@@ -129,7 +133,8 @@ def main() -> None:
         public_size = 0
         ports = {"isidorus": free_port(), "nginx": free_port(), "protected": free_port()}
         web = subprocess.Popen(
-            [ISIDORUS, "serve", "--data-dir", home, "--listen", f"127.0.0.1:{ports['isidorus']}"],
+            [ISIDORUS, "serve", "--data-dir", home, "--listen", f"127.0.0.1:{ports['isidorus']}",
+             "--workers", str(args.workers)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         procs.append(web)
@@ -184,7 +189,10 @@ def main() -> None:
         for k, v in results.items()
     }
     ref_rps, ref_p99 = med["nginx static file"]
-    print(f"wrk, {args.connections} connections, {args.duration} s, median of {args.runs} runs")
+    print(
+        f"wrk, {args.connections} connections, {args.duration} s, median of {args.runs} runs; "
+        f"isidorus serve --workers {args.workers}, nginx worker_processes 1"
+    )
     print(f"{'target':26} {'req/s':>9} {'p99 ms':>8} {'req/s vs nginx':>15} {'p99 vs nginx':>13}")
     for k, (rps, p99) in med.items():
         print(f"{k:26} {rps:9.0f} {p99:8.2f} {rps / ref_rps:15.2f} {p99 / ref_p99:13.1f}")
