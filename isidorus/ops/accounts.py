@@ -21,7 +21,7 @@ from isidorus.accounts import groups as groups_
 from isidorus.accounts import sessions, throttle, tokens, totp
 from isidorus.accounts import users as users_
 from isidorus.accounts.audit import AuditPage
-from isidorus.accounts.errors import AlreadyExists, Refused
+from isidorus.accounts.errors import AlreadyExists, LoginFailed, Refused
 from isidorus.accounts.groups import Group
 from isidorus.accounts.users import User
 from isidorus.ops import directory
@@ -301,6 +301,27 @@ def login(db: Database, name: str, password: str) -> Login:
         token, csrf = sessions.start_session(conn, name)
         audit(conn, name, "login", name)
         return Login(user, token, csrf)
+
+
+def password_session(db: Database, name: str, password: str, address: str) -> str | None:
+    """A session for a client that signs in with its member's name and password on each
+    request (HTTP Basic: calendar and contacts apps), throttled as logins are: its token,
+    or None when the name or password is wrong, logins are refused for a while, or the
+    member has a second factor (whose code such a client cannot send)."""
+    if login_blocked(db, name, address):
+        return None
+    try:
+        with db.write() as conn:
+            user = users_.authenticate(conn, name, password)
+            if user.has_totp:
+                return None
+            token, _csrf = sessions.start_session(conn, name)
+            audit(conn, name, "login", name, "basic")
+    except LoginFailed:
+        login_failed(db, name, address)
+        return None
+    login_succeeded(db, name)
+    return token
 
 
 def login_code(db: Database, name: str, pending: str, code: str) -> Login:

@@ -172,6 +172,7 @@ def site(
         deny=tuple(web.deny),
         upstream_host=web.host,
         aliases=tuple(web.aliases.items()),
+        basic=manifest.sso.basic,
     )
 
 

@@ -146,12 +146,17 @@ class Sso(Strict):
 
     kind: Literal["header", "ldap", "oidc", "none"]
     header: str | None = None  # for "header": the header the service trusts
+    # for "header": its apps sign in with the member's name and password on each request
+    # (HTTP Basic: CalDAV, CardDAV, WebDAV), which isidorus checks as a login
+    basic: bool = False
     redirect_path: str | None = None  # for "oidc": the service's callback path
 
     @model_validator(mode="after")
     def _fields_of_kind(self) -> Sso:
         if self.kind == "header" and not self.header:
             raise ValueError('kind = "header" needs header = the header the service trusts')
+        if self.basic and self.kind != "header":
+            raise ValueError('basic = true is for kind = "header"')
         if self.kind == "oidc" and not (self.redirect_path or "").startswith("/"):
             raise ValueError('kind = "oidc" needs redirect_path = "/the/callback/path"')
         return self

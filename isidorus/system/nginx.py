@@ -119,6 +119,9 @@ class Site:
     deny: tuple[str, ...] = ()  # folders of the root never served, like "/data/"
     upstream_host: str | None = None  # the Host the service gets (None: the visitor's)
     aliases: tuple[tuple[str, str], ...] = ()  # ("/wp-content/", folder): files served as is
+    # header sign-in: apps that send the member's name and password on each request (HTTP
+    # Basic: calendar, contacts, WebDAV) are asked for them rather than sent to the login page
+    basic: bool = False
 
 
 class _Refused(HostError):
@@ -233,10 +236,23 @@ class Nginx:
                 *ask,
                 "    proxy_pass_request_body off;",
                 '    proxy_set_header Content-Length "";',
+                # the visitor's address, which logins are throttled by
+                "    proxy_set_header X-Forwarded-For $remote_addr;",
                 # always set, even empty, so a client cannot send its own
                 f'    proxy_set_header X-Isidorus-Allow "{allow}";',
                 "}",
                 f"location @isidorus_login_{site.service} {{",
+                *(
+                    [
+                        # not a browser's plain visit: an app, asked for a name and password
+                        "    if ($isidorus_challenge) {",
+                        f"        add_header WWW-Authenticate '{_realm(site.domain)}' always;",
+                        "        return 401;",
+                        "    }",
+                    ]
+                    if site.basic
+                    else []
+                ),
                 f'    return 302 "{self.login_url}{sep}next=$isidorus_next";',
                 "}",
             ]
@@ -653,6 +669,13 @@ def _shared_text() -> str:
         '    "" close;',
         "}",
         "",
+        "# a request that is not a browser's plain visit (another method, or a name and",
+        "# password sent already): sites of apps that sign in by HTTP Basic ask for them",
+        'map "$request_method:$http_authorization" $isidorus_challenge {',
+        "    default 1;",
+        '    "~^(GET|HEAD):$" 0;',
+        "}",
+        "",
         "# The address a visitor asked for, escaped to travel in the login page's ?next= (nginx",
         "# cannot escape a string itself): % first, then & and +, each up to "
         f"{ESCAPED_UP_TO} times;",
@@ -668,6 +691,10 @@ def _shared_text() -> str:
 
 
 SHARED_TEXT = _shared_text()
+
+
+def _realm(domain: str) -> str:
+    return f'Basic realm="{domain}", charset="UTF-8"'
 
 
 def _slash_redirect(path: str) -> list[str]:

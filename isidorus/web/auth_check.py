@@ -5,10 +5,14 @@ of the Starlette app and by the HTTP fast path that answers it before the app
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 from dataclasses import dataclass
 
 from starlette.requests import cookie_parser
 
+from isidorus.ops import accounts as ops
 from isidorus.web.base import COOKIE, SessionCache
 
 ALLOW_HEADER = "x-isidorus-allow"
@@ -31,6 +35,22 @@ class Verdict:
 
 UNAUTHORIZED = Verdict(401)
 FORBIDDEN = Verdict(403)
+# a name and password to check first (Argon2: slow, so not on the event loop): verify()
+VERIFY = Verdict(0)
+
+
+def basic_credentials(authorization: str) -> tuple[str, str] | None:
+    """The name and password of an `Authorization: Basic …` header; None for another."""
+    scheme, _, encoded = authorization.strip().partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        name, sep, password = (
+            base64.b64decode(encoded.strip(), validate=True).decode().partition(":")
+        )
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return (name, password) if sep and name and password else None
 
 
 class AuthCheck:
@@ -46,10 +66,23 @@ class AuthCheck:
     def __init__(self, sessions: SessionCache) -> None:
         self.sessions = sessions
         self.tokens: dict[str, str] = {}
+        # Authorization headers already checked (by their SHA-256), and their session:
+        # the password costs its Argon2id once, and the session is then seen as any other
+        # (ended by a logout elsewhere, a new password, a disabled account)
+        self.basic: dict[bytes, str] = {}
 
-    def __call__(self, cookie: str | None, allow: str | None) -> Verdict:
+    def __call__(
+        self, cookie: str | None, allow: str | None, authorization: str | None = None
+    ) -> Verdict:
         token = self.token(cookie) if cookie else ""
         session = self.sessions.find(token) if token else None
+        if session is None and authorization:
+            key = hashlib.sha256(authorization.encode("latin-1", "replace")).digest()
+            known = self.basic.get(key)
+            session = self.sessions.find(known) if known else None
+            if session is None:
+                self.basic.pop(key, None)
+                return VERIFY if basic_credentials(authorization) else UNAUTHORIZED
         if session is None:
             return UNAUTHORIZED
         user = session.user
@@ -68,3 +101,15 @@ class AuthCheck:
                 self.tokens.clear()
             self.tokens[cookie] = token
         return token
+
+    def verify(self, authorization: str, address: str) -> None:
+        """Check the name and password of a Basic header (Argon2id: in a thread), and
+        remember the session it opens, so that the next call answers from it."""
+        credentials = basic_credentials(authorization)
+        if credentials is None:
+            return
+        token = ops.password_session(self.sessions.db, *credentials, address)
+        if token is not None:
+            if len(self.basic) >= self.TOKENS:
+                self.basic.clear()
+            self.basic[hashlib.sha256(authorization.encode("latin-1", "replace")).digest()] = token

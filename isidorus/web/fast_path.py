@@ -29,7 +29,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from isidorus.web.app import HEADERS
-from isidorus.web.auth_check import ALLOW_HEADER, AuthCheck, Verdict
+from isidorus.web.auth_check import ALLOW_HEADER, VERIFY, AuthCheck, Verdict
 
 __all__ = ["FastPath", "auth_check_of"]
 
@@ -144,6 +144,7 @@ class FastPath(asyncio.Protocol):
         # the request being parsed
         self.cookie: bytes | None = None
         self.allow: bytes | None = None
+        self.authorization: bytes | None = None
         self.complete = False
         self.keep_alive = False
         self.messages = 0
@@ -237,7 +238,7 @@ class FastPath(asyncio.Protocol):
         """The answer to one request's head: None to hand it over, b"" when malformed."""
         if self.parser is None:
             self.parser = httptools.HttpRequestParser(self)
-        self.cookie = self.allow = None
+        self.cookie = self.allow = self.authorization = None
         self.complete = self.keep_alive = False
         self.messages = 0
         try:
@@ -255,7 +256,10 @@ class FastPath(asyncio.Protocol):
             verdict = self.check(
                 None if self.cookie is None else self.cookie.decode("latin-1"),
                 None if self.allow is None else self.allow.decode("latin-1"),
+                None if self.authorization is None else self.authorization.decode("latin-1"),
             )
+            if verdict is VERIFY:
+                return None  # a password to check: the app does it, in a thread
             tail = ANSWERS.tail(verdict, self.keep_alive)
         except Exception:
             # the app answers it again, and its error handler says what went wrong
@@ -276,6 +280,8 @@ class FastPath(asyncio.Protocol):
                 self.cookie = value.rstrip(b" \t")
         elif name == ALLOW and self.allow is None:
             self.allow = value.rstrip(b" \t")
+        elif name == b"authorization" and self.authorization is None:
+            self.authorization = value.rstrip(b" \t")
 
     def on_headers_complete(self) -> None:
         # asked now: once the message is complete the parser has moved on to the next

@@ -21,7 +21,7 @@ from isidorus.ops import monitoring, oidc
 from isidorus.ops import service_access as access
 from isidorus.state.db import Database
 from isidorus.web import i18n
-from isidorus.web.auth_check import ALLOW_HEADER, AuthCheck
+from isidorus.web.auth_check import ALLOW_HEADER, UNAUTHORIZED, VERIFY, AuthCheck
 from isidorus.web.base import (
     COOKIE,
     CSRF_COOKIE,
@@ -357,5 +357,14 @@ class Pages(Views):
         not logged in, 403 when logged in but not in a group the service allows (nginx
         sends them in X-Isidorus-Allow). `isidorus serve` answers most of these before the
         app (web/fast_path.py), by the same rule."""
-        verdict = self.auth(request.headers.get("cookie"), request.headers.get(ALLOW_HEADER))
+        cookie, allow = request.headers.get("cookie"), request.headers.get(ALLOW_HEADER)
+        authorization = request.headers.get("authorization")
+        verdict = self.auth(cookie, allow, authorization)
+        if verdict is VERIFY and authorization:
+            # nginx passes the client's address (X-Forwarded-For): logins are throttled by it
+            address = request.client.host if request.client else "?"
+            await run_in_threadpool(self.auth.verify, authorization, address)
+            verdict = self.auth(cookie, allow, authorization)
+        if verdict is VERIFY:
+            verdict = UNAUTHORIZED
         return Response(status_code=verdict.status, headers=verdict.headers())

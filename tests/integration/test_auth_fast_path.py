@@ -4,6 +4,7 @@ hands everything else to the app on the same connection."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import re
 import signal
@@ -326,3 +327,21 @@ def test_a_stop_closes_the_connections_and_ends_the_server(host):
     assert host.web.wait(timeout=10) in (0, -signal.SIGTERM)
     err = host.web.stderr.read().decode()
     assert "Traceback" not in err and "Exception" not in err, err
+
+
+def test_a_name_and_password_are_checked_by_the_app_then_answered_fast(host):
+    token = base64.b64encode(f"alice:{PASSWORDS['alice']}".encode()).decode()
+    basic = (f"Authorization: Basic {token}",)
+    wrong = (f"Authorization: Basic {base64.b64encode(b'alice:not hers').decode()}",)
+    with Connection(host.port) as c:
+        # the first is handed to the app (Argon2id, in a thread), the next ones answered
+        # from the session it opened: the same answers, on the same connection, in order
+        for allow, status in (("family", 200), ("friends", 403), ("family", 200)):
+            c.send(request(allow=allow, extra=basic))
+            answer = c.answer()
+            assert answer.status == status, allow
+        assert answer.header("x-isidorus-user") == "alice"
+        c.send(request(extra=wrong))
+        assert c.answer().status == 401
+        c.send(request(allow="family", extra=basic))
+        assert c.answer().status == 200

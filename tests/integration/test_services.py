@@ -213,6 +213,23 @@ def test_two_services_installed_at_once_reached_through_nginx_then_removed(stack
             },
         )
     assert r.status_code == 207 and "/alice/" in r.text, r.text
+    # a calendar app: no cookie, asked for a name and password, then signed in with them
+    with httpx2.Client(timeout=30) as app:
+        url = f"http://127.0.0.1:{stack.nginx.http_port}/alice/"
+        host = {"Host": f"{cal}:{stack.nginx.http_port}", "Depth": "0"}
+        r = app.request("PROPFIND", url, headers=host)
+        assert r.status_code == 401, r.text
+        assert r.headers["www-authenticate"] == f'Basic realm="{cal}", charset="UTF-8"'
+        for who, password, status in (
+            ("alice", PASSWORDS["alice"], 207),
+            ("alice", PASSWORDS["alice"], 207),  # again: from the session it opened
+            ("alice", "not her password", 401),
+            ("bob", PASSWORDS["bob"], 403),  # not in the family
+        ):
+            r = app.request("PROPFIND", url, headers=host, auth=(who, password))
+            assert r.status_code == status, (who, r.text)
+        assert "/alice/" in app.request("PROPFIND", url, headers=host,
+                                        auth=("alice", PASSWORDS["alice"])).text  # fmt: skip
     files = f"copyparty.{DOMAIN}"
     assert stack.get(files, "/", "bob").status_code == 200  # every member
 

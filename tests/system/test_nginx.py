@@ -169,6 +169,20 @@ def test_a_service_that_answers_only_to_its_own_address_gets_it_as_host():
     assert "proxy_set_header Host $http_host;" in NGINX.render(make_site())
 
 
+def test_apps_that_sign_in_by_http_basic_are_asked_for_a_password():
+    text = NGINX.render(make_site(basic=True))
+    login = text[text.index("location @isidorus_login_radicale") :]
+    assert "if ($isidorus_challenge) {" in login
+    assert (
+        """add_header WWW-Authenticate 'Basic realm="cal.example.org", charset="UTF-8"'""" in login
+    )
+    assert "return 401;" in login and "return 302" in login
+    assert "$isidorus_challenge" not in NGINX.render(make_site())  # browsers only: the login
+    assert '"~^(GET|HEAD):$" 0;' in NGINX.render_shared()
+    auth = block(text, "location = /_isidorus_auth/radicale")
+    assert "proxy_set_header X-Forwarded-For $remote_addr;" in auth  # throttled by it
+
+
 def test_a_whole_domain_passes_the_uri_as_it_came():
     text = NGINX.render(make_site(path="/"))
     assert "location / {" in text and "location = / " not in text

@@ -1,11 +1,13 @@
 """The web server through Starlette's test client: login, CSRF, throttling, the portal,
 and the single sign-on answer for nginx."""
 
+import base64
 import re
 
 import pytest
 from starlette.testclient import TestClient
 
+from isidorus.accounts.audit import list_entries
 from isidorus.errors import IsidorusError
 from isidorus.ops import accounts as ops
 from isidorus.web.app import COOKIE, create_app
@@ -127,6 +129,43 @@ def test_auth_check_for_nginx(client):
     client.cookies.clear()
     login(client, "admin", "the host keeper's passphrase")
     assert client.get("/auth/check", headers={"X-Isidorus-Allow": "family"}).status_code == 200
+
+
+def test_auth_check_for_apps_that_send_a_name_and_password(host, client):
+    """Calendar apps sign in with HTTP Basic: the password is checked once (Argon2id), then
+    the session it opened answers; a disabled account or a new password ends it."""
+
+    def check(name: str, password: str, allow: str = "") -> int:
+        token = base64.b64encode(f"{name}:{password}".encode()).decode()
+        headers = {"Authorization": f"Basic {token}", "X-Isidorus-Allow": allow}
+        r = client.get("/auth/check", headers=headers)
+        assert r.status_code != 200 or r.headers["x-isidorus-user"] == name
+        return r.status_code
+
+    assert check("alice", PW) == 200
+    assert check("alice", PW, "family") == 200 and check("alice", PW, "friends") == 403
+    for _ in range(3):
+        assert check("alice", PW) == 200
+    db = ops.open_state(host)
+    try:
+        with db.read() as conn:
+            entries = list_entries(conn, limit=50).entries
+        basic = [e for e in entries if e.action == "login" and e.detail == "basic"]
+        assert len(basic) == 1  # one login, one session, for every request since
+        assert check("alice", "wrong password!") == 401
+        assert check("nobody", PW) == 401
+        for bad in ("Basic !!!", "Bearer abc", "Basic " + base64.b64encode(b"alice").decode()):
+            assert client.get("/auth/check", headers={"Authorization": bad}).status_code == 401
+        ops.set_disabled(db, "test", "alice", True)
+        assert check("alice", PW) == 401  # at once, though its session was remembered
+        ops.set_disabled(db, "test", "alice", False)
+        assert check("alice", PW) == 200
+        # throttled as logins are: after failures, not even the right password gets in
+        for _ in range(5):
+            assert check("bob", "not his passphrase") == 401
+        assert check("bob", "his own long passphrase") == 401
+    finally:
+        db.close()
 
 
 def test_password_change_ends_other_sessions(host, client):
