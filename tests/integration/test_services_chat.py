@@ -6,15 +6,13 @@ On the stack of test_services (supervisord, nginx, isidorus serve)."""
 from __future__ import annotations
 
 import base64
-import json
 import re
 
 import httpx2
 
 from tests.integration import test_services
-from tests.integration.slapd import running_slapd
 from tests.integration.test_services import DOMAIN, PASSWORDS, Stack, listed, wait_until_bindable
-from tests.integration.test_services_fastcgi import client, with_directory
+from tests.integration.test_services_fastcgi import client, installed_with_directory
 
 pytestmark = test_services.pytestmark
 stack = test_services.stack  # the same stack, fixture and all
@@ -27,33 +25,28 @@ def xmpp_sign_in(stack: Stack, chat: str, name: str, password: str) -> str:
     """Open a BOSH session with the chat server and authenticate with SASL PLAIN, as a web
     client does; what the server answers the authentication with."""
     with client(stack, chat) as web:
-        opened = web.post(
-            "/http-bind",
-            content=f"<body rid='1000' to='{chat}' xml:lang='en' wait='10' hold='1' ver='1.6' "
-            f"xmlns='{BOSH}' xmlns:xmpp='urn:xmpp:xbosh' xmpp:version='1.0'/>",
-            headers={"Content-Type": "text/xml; charset=utf-8"},
+
+        def bosh(body: str) -> str:
+            r = web.post("/http-bind", content=body, headers={"Content-Type": "text/xml"})
+            assert r.status_code == 200, r.text
+            return r.text
+
+        opened = bosh(
+            f"<body rid='1000' to='{chat}' xml:lang='en' wait='10' hold='1' ver='1.6' "
+            f"xmlns='{BOSH}' xmlns:xmpp='urn:xmpp:xbosh' xmpp:version='1.0'/>"
         )
-        assert opened.status_code == 200, opened.text
-        sid = re.search(r"sid=['\"]([^'\"]+)['\"]", opened.text)
-        assert sid is not None, opened.text
-        assert "<mechanism>PLAIN</mechanism>" in opened.text, opened.text
+        sid = re.search(r"sid=['\"]([^'\"]+)['\"]", opened)
+        assert sid is not None and "<mechanism>PLAIN</mechanism>" in opened, opened
         token = base64.b64encode(f"\0{name}\0{password}".encode()).decode()
-        answer = web.post(
-            "/http-bind",
-            content=f"<body rid='1001' sid='{sid[1]}' xmlns='{BOSH}'>"
-            f"<auth xmlns='{SASL}' mechanism='PLAIN'>{token}</auth></body>",
-            headers={"Content-Type": "text/xml; charset=utf-8"},
+        return bosh(
+            f"<body rid='1001' sid='{sid[1]}' xmlns='{BOSH}'>"
+            f"<auth xmlns='{SASL}' mechanism='PLAIN'>{token}</auth></body>"
         )
-        assert answer.status_code == 200, answer.text
-        return answer.text
 
 
 def test_prosody_members_sign_in_with_their_host_password(stack, tmp_path):
     wait_until_bindable(5280)  # its web side's port (its manifest)
-    with running_slapd(tmp_path / "slapd") as slapd:
-        with_directory(stack, slapd)
-        doc = json.loads(stack.isidorus("service", "install", "prosody", "--json").out)
-        assert (doc["state"], doc["health"]) == ("running", "ok"), doc
+    with installed_with_directory(stack, tmp_path, "prosody"):
         chat = f"prosody.{DOMAIN}"
         answer = xmpp_sign_in(stack, chat, "alice", PASSWORDS["alice"])
         assert "<success" in answer, answer
@@ -85,10 +78,7 @@ def matrix_sign_in(stack: Stack, server: str, name: str, password: str) -> httpx
 
 def test_synapse_members_sign_in_with_their_host_password(stack, tmp_path):
     wait_until_bindable(8008)  # its port (its manifest)
-    with running_slapd(tmp_path / "slapd") as slapd:
-        with_directory(stack, slapd)
-        doc = json.loads(stack.isidorus("service", "install", "synapse", "--json").out)
-        assert (doc["state"], doc["health"]) == ("running", "ok"), doc
+    with installed_with_directory(stack, tmp_path, "synapse"):
         server = f"synapse.{DOMAIN}"
         r = matrix_sign_in(stack, server, "alice", PASSWORDS["alice"])
         assert r.status_code == 200, r.text

@@ -11,6 +11,7 @@ import os
 import re
 import sqlite3
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -84,6 +85,16 @@ def with_directory(stack: Stack, slapd) -> None:  # type: ignore[no-untyped-def]
     stack.isidorus("directory", "sync")
 
 
+@contextlib.contextmanager
+def installed_with_directory(stack: Stack, tmp_path: Path, service: str) -> Iterator[dict]:
+    """The service installed on the stack once it keeps its accounts in a slapd too."""
+    with running_slapd(tmp_path / "slapd") as slapd:
+        with_directory(stack, slapd)
+        doc = json.loads(stack.isidorus("service", "install", service, "--json").out)
+        assert (doc["state"], doc["health"]) == ("running", "ok"), doc
+        yield doc
+
+
 def sign_in_to_dokuwiki(web: httpx2.Client, name: str, password: str) -> str:
     """DokuWiki's own login form, as a member fills it in; the start page after it."""
     form = web.get("/doku.php", params={"id": "start", "do": "login"})
@@ -104,10 +115,7 @@ def test_dokuwiki_signs_members_in_through_ldap(stack, tmp_path):
     assert_one_line_error(r, "dokuwiki", "LDAP", "services_bind_dn", "docs/directory.md")
     assert listed(stack) == {}
 
-    with running_slapd(tmp_path / "slapd") as slapd:
-        with_directory(stack, slapd)
-        doc = json.loads(stack.isidorus("service", "install", "dokuwiki", "--json").out)
-        assert (doc["state"], doc["health"]) == ("running", "ok"), doc
+    with installed_with_directory(stack, tmp_path, "dokuwiki") as doc:
         wiki = f"dokuwiki.{DOMAIN}"
         assert doc["url"] == f"http://{wiki}:{stack.nginx.http_port}/"
 
