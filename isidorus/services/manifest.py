@@ -272,6 +272,12 @@ class Web(Strict):
         return self
 
 
+class Translation(Strict):
+    """What a visitor reads of the service in another language than English."""
+
+    description: Text
+
+
 class Manifest(Strict):
     id: Annotated[str, StringConstraints(pattern=ID_RE)]
     name: Text
@@ -287,6 +293,13 @@ class Manifest(Strict):
     config: list[ConfigFile] = []
     data: Data = Data()
     health: Health
+    # by language code: [translations.fr] description = "…"
+    translations: dict[Annotated[str, StringConstraints(pattern=r"^[a-z]{2}$")], Translation] = {}
+
+    def described_in(self, language: str) -> str:
+        """Its description in `language` when the manifest has one, else in English."""
+        translated = self.translations.get(language)
+        return translated.description if translated else self.description
 
     def to_json(self) -> dict[str, object]:
         """What `service catalog --json` shows of it."""

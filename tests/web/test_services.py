@@ -128,6 +128,17 @@ def test_the_public_page_lists_the_services_with_what_they_replace(host, visitor
     assert "Whoogle" not in page and "No service is installed" not in page
 
 
+def test_the_services_are_described_in_the_visitors_language(host, visitor, status):  # noqa: F811
+    make_installed(host, "radicale")
+    visitor.get("/lang/fr?next=/")
+    page = visitor.get("/").text
+    assert "Agendas, carnets d&#39;adresses" in page and "Calendars, address books" not in page
+    # every service of the catalog is described in French
+    for manifest in catalog.entries().values():
+        assert manifest.manifest.described_in("fr") != manifest.manifest.description
+        assert manifest.manifest.described_in("de") == manifest.manifest.description
+
+
 def test_the_public_page_checks_the_services_at_most_once_per_ttl(host, visitor, status):  # noqa: F811
     make_installed(host)
     for _ in range(5):
