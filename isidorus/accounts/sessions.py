@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Connection, delete, select
 
 from isidorus.accounts.users import User, find_row, get_user
-from isidorus.state.schema import sessions, users
+from isidorus.state.schema import app_sessions, sessions, users
 
 LIFETIME = timedelta(days=14)
 
@@ -31,8 +31,11 @@ def _key(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def start_session(conn: Connection, name: str, *, now: datetime | None = None) -> tuple[str, str]:
-    """A new session for user `name`: (the cookie's token, the CSRF token)."""
+def start_session(
+    conn: Connection, name: str, *, now: datetime | None = None, app_password: int | None = None
+) -> tuple[str, str]:
+    """A new session for user `name`: (the cookie's token, the CSRF token). A session an
+    app password opens ends with it (`app_password`: its id)."""
     row = find_row(conn, name)
     token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
     now = now or datetime.now(UTC)
@@ -41,6 +44,10 @@ def start_session(conn: Connection, name: str, *, now: datetime | None = None) -
             id=_key(token), user_id=row.id, csrf=csrf, created_at=now, expires_at=now + LIFETIME
         )
     )
+    if app_password is not None:
+        conn.execute(
+            app_sessions.insert().values(session_id=_key(token), app_password_id=app_password)
+        )
     return token, csrf
 
 

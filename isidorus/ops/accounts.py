@@ -16,10 +16,11 @@ from datetime import UTC, datetime
 
 from sqlalchemy import Connection
 
+from isidorus.accounts import app_passwords, sessions, throttle, tokens, totp
 from isidorus.accounts import audit as audit_
 from isidorus.accounts import groups as groups_
-from isidorus.accounts import sessions, throttle, tokens, totp
 from isidorus.accounts import users as users_
+from isidorus.accounts.app_passwords import AppPassword
 from isidorus.accounts.audit import AuditPage
 from isidorus.accounts.errors import AlreadyExists, LoginFailed, Refused
 from isidorus.accounts.groups import Group
@@ -307,14 +308,21 @@ def password_session(db: Database, name: str, password: str, address: str) -> st
     """A session for a client that signs in with its member's name and password on each
     request (HTTP Basic: calendar and contacts apps), throttled as logins are: its token,
     or None when the name or password is wrong, logins are refused for a while, or the
-    member has a second factor (whose code such a client cannot send)."""
+    member has a second factor (whose code such a client cannot send: an app password of
+    theirs is accepted, as for anyone)."""
     if login_blocked(db, name, address):
         return None
     try:
         with db.write() as conn:
+            # an app password first: a SHA-256, and a member's way past a second factor
+            app = app_passwords.check(conn, name, password)
+            if app is not None:
+                token, _csrf = sessions.start_session(conn, name, app_password=app)
+                audit(conn, name, "login", name, "app password")
+                return token
             user = users_.authenticate(conn, name, password)
             if user.has_totp:
-                return None
+                raise LoginFailed("a member with a second factor signs apps in by app password")
             token, _csrf = sessions.start_session(conn, name)
             audit(conn, name, "login", name, "basic")
     except LoginFailed:
@@ -322,6 +330,26 @@ def password_session(db: Database, name: str, password: str, address: str) -> st
         return None
     login_succeeded(db, name)
     return token
+
+
+def add_app_password(db: Database, name: str, label: str) -> tuple[AppPassword, str]:
+    """A new app password of the member `name`; its secret is returned this once."""
+    with db.write() as conn:
+        made, secret = app_passwords.create(conn, name, label)
+        audit(conn, name, "user.app-password.add", name, made.label)
+        return made, secret
+
+
+def list_app_passwords(db: Database, name: str) -> list[AppPassword]:
+    with db.read() as conn:
+        return app_passwords.list_for(conn, name)
+
+
+def remove_app_password(db: Database, name: str, password_id: int) -> None:
+    """Revoke one of the member's app passwords: the sessions it opened end with it."""
+    with db.write() as conn:
+        gone = app_passwords.revoke(conn, name, password_id)
+        audit(conn, name, "user.app-password.remove", name, gone.label)
 
 
 def login_code(db: Database, name: str, pending: str, code: str) -> Login:

@@ -61,6 +61,13 @@ def m0009_runs(conn: Connection) -> None:
     schema.run_steps.create(conn)
 
 
+def m0010_app_passwords(conn: Connection) -> None:
+    """App passwords: one per app a member signs in with (calendar, contacts), by hash,
+    and the sessions each opened (which end with it)."""
+    schema.app_passwords.create(conn)
+    schema.app_sessions.create(conn)
+
+
 MIGRATIONS: tuple[tuple[str, Migration], ...] = (
     ("0001_accounts", m0001_accounts),
     ("0002_sessions", m0002_sessions),
@@ -70,6 +77,7 @@ MIGRATIONS: tuple[tuple[str, Migration], ...] = (
     ("0007_login_failures", m0007_login_failures),
     ("0008_services", m0008_services),
     ("0009_runs", m0009_runs),
+    ("0010_app_passwords", m0010_app_passwords),
 )
 
 

@@ -109,6 +109,35 @@ api_tokens = Table(
     Column("expires_at", UtcDateTime(), nullable=True),
 )
 
+# A password of its own for each app a member signs in with on every request (a calendar
+# app): found by its hash, one row each, gone with its user.
+app_passwords = Table(
+    "app_passwords",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("label", String(64), nullable=False),
+    Column("hash", String(64), nullable=False, unique=True),  # SHA-256 of the password
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("last_used_at", UtcDateTime(), nullable=True),
+)
+
+# The sessions an app password opened: they end with it.
+app_sessions = Table(
+    "app_sessions",
+    metadata,
+    Column(
+        "session_id", String(64), ForeignKey("sessions.id", ondelete="CASCADE"), primary_key=True
+    ),  # fmt: skip
+    Column(
+        "app_password_id",
+        Integer,
+        ForeignKey("app_passwords.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+)
+
 # -- OpenID Connect: the services that sign their users in through isidorus
 
 oidc_clients = Table(

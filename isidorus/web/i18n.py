@@ -141,6 +141,8 @@ CORE_MESSAGES = (
     N_("a user %(name)s exists already"),
     N_("a group %(name)s exists already"),
     N_("%(name)s is the host's only enabled admin: make another admin first"),
+    N_("name the app in 1 to %(n)s characters, like 'phone calendar'"),
+    N_("%(name)s has %(n)s app passwords: revoke one first"),
 )
 
 

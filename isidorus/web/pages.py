@@ -13,7 +13,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from isidorus.accounts import totp
-from isidorus.accounts.errors import InvalidInput, LoginFailed
+from isidorus.accounts.errors import InvalidInput, LoginFailed, NoSuchAccount
 from isidorus.accounts.sessions import Session
 from isidorus.errors import NotFoundError
 from isidorus.ops import accounts as ops
@@ -67,6 +67,10 @@ class Pages(Views):
             Route("/portal", self.portal),
             Route("/portal/password", self.password, methods=["POST"]),
             Route("/portal/profile", self.profile, methods=["POST"]),
+            Route("/portal/app-passwords", self.app_password_add, methods=["POST"]),
+            Route(
+                "/portal/app-passwords/{id:int}/revoke", self.app_password_revoke, methods=["POST"]
+            ),
             Route("/auth/check", self.auth_check),
             Route("/lang/{code}", self.switch_language),
         ]
@@ -219,13 +223,50 @@ class Pages(Views):
         return self.portal_page(request, session)
 
     def portal_page(
-        self, request: Request, session: Session, status: int = 200, error: str = ""
+        self,
+        request: Request,
+        session: Session,
+        status: int = 200,
+        error: str = "",
+        new_app_password: tuple[str, str] | None = None,
     ) -> Response:
         every = self.memo.get("services", lambda: access.installed_services(self.db))
         mine = access.usable_by(session.user, every)
         return self.page(
-            request, "portal.html", status=status, session=session, error=error, services=mine
+            request,
+            "portal.html",
+            status=status,
+            session=session,
+            error=error,
+            services=mine,
+            app_passwords=ops.list_app_passwords(self.db, session.user.name),
+            new_app_password=new_app_password,
         )
+
+    async def app_password_add(self, request: Request) -> Response:
+        """A new app password, shown on the page this once (never in an address)."""
+        session = self.member(request)
+        if not isinstance(session, Session):
+            return session
+        form = await self.form(request, session)
+        try:
+            made, secret = ops.add_app_password(self.db, session.user.name, form.get("label", ""))
+        except InvalidInput as exc:
+            return self.portal_page(request, session, status=400, error=message_of(exc))
+        return self.portal_page(request, session, new_app_password=(made.label, secret))
+
+    async def app_password_revoke(self, request: Request) -> Response:
+        session = self.member(request)
+        if not isinstance(session, Session):
+            return session
+        await self.form(request, session)
+        try:
+            ops.remove_app_password(self.db, session.user.name, request.path_params["id"])
+        except NoSuchAccount:
+            return self.portal_page(
+                request, session, status=404, error=gettext("there is no such app password")
+            )
+        return RedirectResponse("/portal?revoked=1", status_code=303)
 
     async def password(self, request: Request) -> Response:
         session = self.member(request)

@@ -1,6 +1,7 @@
 """The second factor in the browser: turned on from the portal, asked at login, turned off
 by the member or by an admin."""
 
+import base64
 import re
 import time
 
@@ -105,3 +106,46 @@ def test_an_admin_turns_it_off_for_a_lost_phone(host, client):  # noqa: F811
         r = admin.post("/admin/users/alice/totp-off", data={"csrf": csrf_of(page.text)})
         assert r.status_code == 200 and "Saved" in r.text
     assert not ops.get_user(ops.open_state(host), "alice").has_totp
+
+
+def basic(name: str, password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{name}:{password}".encode()).decode()}
+
+
+def test_app_passwords_for_a_member_with_a_second_factor(host, client):  # noqa: F811
+    login(client)
+    turn_on(client)
+    with TestClient(client.app, base_url="http://localhost") as app:
+        # a calendar app: the member's own password is refused (it cannot send a code)
+        assert app.get("/auth/check", headers=basic("alice", PW)).status_code == 401
+        page = client.get("/portal")
+        r = client.post(
+            "/portal/app-passwords", data={"csrf": csrf_of(page.text), "label": "phone  agenda"}
+        )
+        assert r.status_code == 200 and "phone agenda" in r.text
+        secret = re.search(r'<code class="secret">([a-z2-9-]+)</code>', r.text).group(1)
+        assert re.fullmatch(r"([a-z2-9]{4}-){4}[a-z2-9]{4}", secret)
+        assert app.get("/auth/check", headers=basic("alice", secret)).status_code == 200
+        # typed on a phone: capitals and spaces for the dashes do not matter
+        typed = secret.upper().replace("-", " ")
+        assert app.get("/auth/check", headers=basic("alice", typed)).status_code == 200
+        assert app.get("/auth/check", headers=basic("bob", secret)).status_code == 401
+        page = client.get("/portal")
+        assert "phone agenda" in page.text and secret not in page.text  # shown once
+        listed = ops.list_app_passwords(ops.open_state(host), "alice")
+        assert [a.label for a in listed] == ["phone agenda"] and listed[0].last_used_at
+        # revoked: the app is out at once, though its session was remembered
+        r = client.post(
+            f"/portal/app-passwords/{listed[0].id}/revoke",
+            data={"csrf": csrf_of(page.text)},
+            follow_redirects=False,
+        )
+        assert r.status_code == 303
+        assert app.get("/auth/check", headers=basic("alice", secret)).status_code == 401
+        assert client.get("/auth/check").status_code == 200  # the browser stays in
+        # nobody revokes another's, nor one that is not there; forms need their token
+        r = client.post("/portal/app-passwords/999/revoke", data={"csrf": csrf_of(page.text)})
+        assert r.status_code == 404
+        r = client.post("/portal/app-passwords", data={"csrf": csrf_of(page.text), "label": " "})
+        assert r.status_code == 400 and "name the app" in r.text
+        assert client.post("/portal/app-passwords", data={"label": "x"}).status_code == 403
