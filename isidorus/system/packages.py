@@ -407,7 +407,15 @@ def _apt_get(args: list[str]) -> None:
             raise HostError(f"apt-get {args[0]} failed: {_apt_reason(result)}")
         if time.monotonic() >= deadline:
             holder = re.search(r"held by process (\d+ \([^)]*\))", output)
-            who = f"process {holder.group(1)}" if holder else "another program"
+            # apt names the holder of dpkg's lock in most of its messages, not in all
+            pids = _lock_holders(DPKG_FRONTEND_LOCK)
+            who = (
+                f"process {holder.group(1)}"
+                if holder
+                else f"process {pids[0]} ({_command_name(pids[0])})"
+                if pids
+                else "another program"
+            )
             raise HostTimeout(
                 f"apt is busy: {who} held its lock for {APT_LOCK_WAIT:.0f} s; "
                 "let it finish (or stop it), then retry"
