@@ -5,8 +5,8 @@ Made by the member in the portal, shown once: 20 random letters and digits in gr
 four, easy to type on a phone, about 100 bits. Only its SHA-256 is stored (it is random,
 not a word a person chose: a slow hash would add nothing), so a copy of the database lets
 no one in. One is revoked on its own, and the sessions it opened end with it; all go with
-their user. They are how a member with
-a second factor uses such apps, which cannot send its code.
+their user. They are how a member with a second factor uses such apps, which cannot send
+its code.
 """
 
 from __future__ import annotations

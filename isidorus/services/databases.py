@@ -186,7 +186,7 @@ def _load_sqlite(dump: str, path: str, user: str) -> None:
 
 def _pg(argv: list[str], name: str, *, out: str | None = None, source: str | None = None) -> str:
     """A PostgreSQL client program as the `postgres` user (see _client)."""
-    return _client(["runuser", "-u", "postgres", "--", *argv], "postgresql", name, out, source)
+    return _client(argv, "postgresql", name, out, source, as_user="postgres")
 
 
 def _mysql(args: list[str], name: str) -> str:
@@ -200,10 +200,19 @@ def _mysql_program(
     return _client([argv[0], f"--socket={mysql_socket()}", *argv[1:]], "mysql", name, out, source)
 
 
-def _client(full: list[str], kind: str, name: str, out: str | None, source: str | None) -> str:
-    """A database's client program, its output to `out` (else returned) or its input from
-    `source` (binary: run() only handles text). ServiceError with its last line."""
-    program = full[4] if full[0] == "runuser" else full[0]
+def _client(
+    argv: list[str],
+    kind: str,
+    name: str,
+    out: str | None,
+    source: str | None,
+    as_user: str | None = None,
+) -> str:
+    """A database's client program (as `as_user`, else root), its output to `out` (else
+    returned) or its input from `source` (binary: run() only handles text). ServiceError
+    with its last line."""
+    program = argv[0]
+    full = ["runuser", "-u", as_user, "--", *argv] if as_user else argv
     try:
         with contextlib.ExitStack() as files:
             stdout = files.enter_context(open(out + ".tmp", "wb")) if out else subprocess.PIPE

@@ -25,7 +25,7 @@ from typing import Any
 from isidorus.services import databases
 from isidorus.services.errors import ServiceError
 from isidorus.services.health import port_holder, port_is_free, wait_healthy
-from isidorus.services.manifest import Manifest
+from isidorus.services.manifest import Database, Manifest
 from isidorus.services.render import Placement, command, environment, render_config
 from isidorus.system import packages, users
 from isidorus.system.acme import RETRY, Acme
@@ -189,6 +189,46 @@ def publish(
         machinery.nginx.publish(site(machinery, manifest, where, allow))
 
 
+def host_steps(
+    machinery: Machinery,
+    manifest: Manifest,
+    where: Placement,
+    journal: Journal,
+    say: Say,
+    made: Callable[[Database], None] = lambda _db: None,
+) -> list[tuple[str, Callable[[], None]]]:
+    """What readies the host's own services for the service, as (step, do) in order, for
+    an install and for an upgrade alike: stop the system's copies it takes over, start the
+    system services it needs, make its server databases (each one made is in the journal
+    and told to `made`)."""
+
+    def take_over(unit: str) -> None:
+        say(f"stopping the system's own {unit}: isidorus runs {manifest.id} itself")
+        machinery.processes.take_over(unit)
+
+    def bring_up(unit: str) -> None:
+        say(f"starting {unit}, which {manifest.id} needs")
+        machinery.processes.bring_up(unit)
+
+    def provision(db: Database) -> None:
+        say(f"making the {db.kind} database {db.name}, owned by {where.user}")
+        if databases.provision(db, where.user):
+            journal.did(f"database {db.name}", functools.partial(databases.drop, db))
+            made(db)
+
+    steps: list[tuple[str, Callable[[], None]]] = [
+        (f"stopping the system's own {u}", functools.partial(take_over, u))
+        for u in manifest.run.take_over
+    ]
+    steps += [(f"starting {u}", functools.partial(bring_up, u)) for u in manifest.run.needs]
+    steps += [
+        (f"making the {db.kind} database {db.name}", functools.partial(provision, db))
+        for db in manifest.data.databases
+        if db.kind != "sqlite"
+    ]
+    return steps
+
+
 def _debian_packages(manifest: Manifest) -> list[str]:
     wanted = list(manifest.source.debian)
     if manifest.source.pypi:
@@ -242,11 +282,6 @@ def install(
                 new = list(added.packages)
                 journal.did(f"packages {', '.join(new)}", lambda: packages.apt_remove(new))
 
-        for unit in manifest.run.take_over:
-            step = f"stopping the system's own {unit}"
-            say(f"stopping the system's own {unit}: isidorus runs {manifest.id} itself")
-            machinery.processes.take_over(unit)
-
         step = "creating the system user"
         if users.ensure_system_user(where.user, where.data_dir):
             added.user = where.user
@@ -263,20 +298,13 @@ def install(
                 note(added)
                 journal.did(f"directory {d}", functools.partial(_rmtree, d))
 
-        for unit in manifest.run.needs:
-            step = f"starting {unit}"
-            say(f"starting {unit}, which {manifest.id} needs")
-            machinery.processes.bring_up(unit)
+        def made(db: Database) -> None:
+            added.databases.append(db.name)
+            note(added)
 
-        for db in manifest.data.databases:
-            if db.kind == "sqlite":
-                continue
-            step = f"making the {db.kind} database {db.name}"
-            say(f"making the {db.kind} database {db.name}, owned by {where.user}")
-            if databases.provision(db, where.user):
-                added.databases.append(db.name)
-                note(added)
-                journal.did(f"database {db.name}", functools.partial(databases.drop, db))
+        for named, do in host_steps(machinery, manifest, where, journal, say, made):
+            step = named  # what a failure is said to have stopped
+            do()
 
         for d in manifest.run.directories:
             users.make_directory(

@@ -229,7 +229,7 @@ class Health(Strict):
 
 # a folder nginx can name in its configuration (no quote, space, variable or semicolon)
 _ROOT_RE = r"^/[A-Za-z0-9._/-]*$"
-_DENY_RE = r"^/[A-Za-z0-9._-]+/$"
+_FOLDER_RE = r"^/[A-Za-z0-9._-]+/$"
 
 
 class Web(Strict):
@@ -244,10 +244,10 @@ class Web(Strict):
     # every request that is no file of root goes to the index (applications with routes)
     front_controller: bool = False
     # folders of root that must never be served (their data, their configuration)
-    deny: list[Annotated[str, StringConstraints(pattern=_DENY_RE)]] = []
+    deny: list[Annotated[str, StringConstraints(pattern=_FOLDER_RE)]] = []
     # folders of the site served from elsewhere, as files only (WordPress's wp-content)
     aliases: dict[
-        Annotated[str, StringConstraints(pattern=_DENY_RE)],
+        Annotated[str, StringConstraints(pattern=_FOLDER_RE)],
         Annotated[str, StringConstraints(pattern=_ROOT_RE)],
     ] = {}
     address: str | None = None  # for none: what clients connect to, e.g. mumble://{domain}

@@ -17,13 +17,11 @@ Nothing here touches the state database or the backup store: `ops/services.py` d
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from isidorus.services import databases
 from isidorus.services.errors import ServiceError
 from isidorus.services.health import port_is_free
 from isidorus.services.lifecycle import (
@@ -32,6 +30,7 @@ from isidorus.services.lifecycle import (
     _debian_packages,
     _write_config,
     health_problem,
+    host_steps,
     process_name,
     process_spec,
     publish,
@@ -117,17 +116,10 @@ def upgrade(
                     lambda: packages.apt_downgrade(previous),
                 )
 
-        for unit in new.run.needs:  # what a new version needs, or takes over, too
-            step = f"starting {unit}"
-            machinery.processes.bring_up(unit)
-        for unit in new.run.take_over:
-            step = f"stopping the system's own {unit}"
-            machinery.processes.take_over(unit)
-        for db in new.data.databases:
-            if db.kind != "sqlite":
-                step = f"making the {db.kind} database {db.name}"
-                if databases.provision(db, where.user):
-                    journal.did(f"database {db.name}", functools.partial(databases.drop, db))
+        # what a new version needs, or takes over, too
+        for named, do in host_steps(machinery, new, where, journal, say):
+            step = named  # what a failure is said to have stopped
+            do()
 
         step = "putting the new software in place"
         for built, final in staged:

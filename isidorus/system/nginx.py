@@ -94,7 +94,7 @@ _URL = re.compile(r"https?://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?(/
 _ROOT = re.compile(r"/[A-Za-z0-9._/-]*")
 _UPSTREAM_HOST = re.compile(r"[a-z0-9.-]+(:[0-9]{1,5})?")
 _INDEX = re.compile(r"[A-Za-z0-9._-]+\.php")
-_DENY = re.compile(r"/[A-Za-z0-9._-]+/")
+_FOLDER = re.compile(r"/[A-Za-z0-9._-]+/")
 _ADDRESS = re.compile(r"\*|[0-9.]+|\[[0-9A-Fa-f:.]+\]")
 _SERIOUS = re.compile(r"\[(emerg|alert|crit)\] (?:\d+#\d+: )?(.*)")
 _HEAD = re.compile(r"# isidorus-site service=(\S+) domain=(\S+) path=(\S+)\n")
@@ -624,10 +624,10 @@ def check(site: Site) -> None:
     if not _INDEX.fullmatch(site.index):
         raise UsageError(f"{site.index!r} is not an index page: write name.php")
     for folder in site.deny:
-        if not _DENY.fullmatch(folder):
+        if not _FOLDER.fullmatch(folder):
             raise UsageError(f"{folder!r} is not a folder to deny: write /name/")
     for where, folder in site.aliases:
-        if not _DENY.fullmatch(where) or not _ROOT.fullmatch(folder):
+        if not _FOLDER.fullmatch(where) or not _ROOT.fullmatch(folder):
             raise UsageError(f"{where!r} → {folder!r} is not an alias: write /name/ → /a/folder")
     if site.tls is not None:
         for path in (site.tls.cert_file, site.tls.key_file):

@@ -39,6 +39,11 @@ FORBIDDEN = Verdict(403)
 VERIFY = Verdict(0)
 
 
+def _basic_key(authorization: str) -> bytes:
+    # what a Basic header is remembered by: never the password itself
+    return hashlib.sha256(authorization.encode("latin-1", "replace")).digest()
+
+
 def basic_credentials(authorization: str) -> tuple[str, str] | None:
     """The name and password of an `Authorization: Basic …` header; None for another."""
     scheme, _, encoded = authorization.strip().partition(" ")
@@ -56,10 +61,11 @@ def basic_credentials(authorization: str) -> tuple[str, str] | None:
 class AuthCheck:
     """Answers one check from the request's Cookie header (the first one, as Starlette
     reads it) and X-Isidorus-Allow, the groups the service is open to (none named: any
-    member; admins always pass). Sessions come from the process's SessionCache, so a
-    logout, a revoked session or a disabled user is seen at once on SQLite. Runs on the
-    event loop (one cached lookup, or one read of the database); errors of the state
-    database propagate."""
+    member; admins always pass); without a session, from an Authorization: Basic header
+    whose session verify() opened (VERIFY until then). Sessions come from the process's
+    SessionCache, so a logout, a revoked session or a disabled user is seen at once on
+    SQLite. Runs on the event loop (one cached lookup, or one read of the database);
+    errors of the state database propagate."""
 
     TOKENS = 10_000  # Cookie headers whose token is remembered
 
@@ -77,7 +83,7 @@ class AuthCheck:
         token = self.token(cookie) if cookie else ""
         session = self.sessions.find(token) if token else None
         if session is None and authorization:
-            key = hashlib.sha256(authorization.encode("latin-1", "replace")).digest()
+            key = _basic_key(authorization)
             known = self.basic.get(key)
             session = self.sessions.find(known) if known else None
             if session is None:
@@ -112,4 +118,4 @@ class AuthCheck:
         if token is not None:
             if len(self.basic) >= self.TOKENS:
                 self.basic.clear()
-            self.basic[hashlib.sha256(authorization.encode("latin-1", "replace")).digest()] = token
+            self.basic[_basic_key(authorization)] = token

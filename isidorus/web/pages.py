@@ -239,7 +239,11 @@ class Pages(Views):
             session=session,
             error=error,
             services=mine,
-            app_passwords=ops.list_app_passwords(self.db, session.user.name),
+            # kept while the state is unchanged, like the services: the portal is read often
+            app_passwords=self.memo.get(
+                f"app-passwords:{session.user.name}",
+                lambda: ops.list_app_passwords(self.db, session.user.name),
+            ),
             new_app_password=new_app_password,
         )
 
@@ -253,7 +257,9 @@ class Pages(Views):
             made, secret = ops.add_app_password(self.db, session.user.name, form.get("label", ""))
         except InvalidInput as exc:
             return self.portal_page(request, session, status=400, error=message_of(exc))
-        return self.portal_page(request, session, new_app_password=(made.label, secret))
+        response = self.portal_page(request, session, new_app_password=(made.label, secret))
+        response.headers["Cache-Control"] = "no-store"  # a secret: not kept by the browser
+        return response
 
     async def app_password_revoke(self, request: Request) -> Response:
         session = self.member(request)
