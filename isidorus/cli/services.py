@@ -14,7 +14,6 @@ from isidorus.errors import UsageError
 from isidorus.ops import certificates as certs
 from isidorus.ops import service_backups as backups
 from isidorus.ops import services as ops
-from isidorus.services.errors import ServiceError
 from isidorus.units import human_bytes
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -241,25 +240,22 @@ def service_upgrade(
     """Upgrade the service ID (or --all) to the catalog's version, backed up first."""
     if every == (service_id is not None):
         raise UsageError("name one service to upgrade, or give --all")
-    ids = ops.upgradable(db) if every else [service_id or ""]
-    done, failed = [], 0
-    for sid in ids:
-        try:
-            result = ops.upgrade(db, data_dir, sid, _actor(), _say)
-        except ServiceError as exc:
-            if not every:
-                raise
-            warn(str(exc))
-            failed += 1
-            continue
-        done.append(result)
-        if not as_json:
-            if result.upgraded:
-                click.echo(f"{sid} upgraded from {result.old_version} to {result.version}")
-            else:
-                click.echo(f"{sid} is already at {result.version}")
+    failed: tuple[tuple[str, str], ...] = ()
+    if every:
+        found = ops.upgrade_all(db, data_dir, _actor(), _say)
+        done, failed = list(found.done), found.failed
+        for _sid, error in failed:
+            warn(error)
+    else:
+        done = [ops.upgrade(db, data_dir, service_id or "", _actor(), _say)]
     if as_json:
         print_json([r.to_json() for r in done] if every else done[0].to_json())
-    elif every and not ids:
+        return 1 if failed else 0
+    for result in done:
+        if result.upgraded:
+            click.echo(f"{result.service} upgraded from {result.old_version} to {result.version}")
+        else:
+            click.echo(f"{result.service} is already at {result.version}")
+    if every and not done and not failed:
         click.echo("every installed service is at its catalog's version")
     return 1 if failed else 0

@@ -396,6 +396,35 @@ def upgrade(db: Database, data_dir: str, service: str, actor: str, say: Say) -> 
     return UpgradeResult(service, found.version, new.version, first.id)
 
 
+@dataclass(frozen=True)
+class UpgradeAll:
+    """What an upgrade of every service did: each service upgraded (or found at its
+    catalog's version already), and each whose upgrade failed, with the one-line why."""
+
+    done: tuple[UpgradeResult, ...]
+    failed: tuple[tuple[str, str], ...]  # (service, error)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "done": [r.to_json() for r in self.done],
+            "failed": [{"id": s, "error": e} for s, e in self.failed],
+        }
+
+
+def upgrade_all(db: Database, data_dir: str, actor: str, say: Say) -> UpgradeAll:
+    """Upgrade every service whose catalog manifest has another version (`upgradable`),
+    one after the other, as `upgrade` does each. A service whose upgrade fails
+    (ServiceError: it is back at its old version, or says where it stands) is noted and
+    the others go on; any other error stops at once."""
+    done, failed = [], []
+    for service in upgradable(db):
+        try:
+            done.append(upgrade(db, data_dir, service, actor, say))
+        except ServiceError as exc:
+            failed.append((service, str(exc)))
+    return UpgradeAll(tuple(done), tuple(failed))
+
+
 def upgradable(db: Database) -> list[str]:
     """The installed services whose catalog manifest has another version."""
     own = str(settings.load()["services_dir"])
