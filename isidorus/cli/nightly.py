@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 
 import click
@@ -15,17 +14,12 @@ from isidorus.ops import doctor as doctor_
 from isidorus.ops import jobs_config, runs
 from isidorus.ops import notify as notify_
 from isidorus.ops import schedule as schedule_
-from isidorus.ops.database import read_config
 from isidorus.ops.runs import Run
 from isidorus.units import human_bytes
 
 
 def _say(line: str) -> None:
     click.echo(line, err=True)
-
-
-def _host(data_dir: str) -> str:
-    return str(read_config(data_dir).get("domain") or socket.getfqdn())
 
 
 def _config() -> tuple[dict[str, Any], jobs_config.JobsConfig, dict[str, settings.Remote]]:
@@ -123,19 +117,10 @@ def notify() -> None:
 @with_host
 def notify_test(db: Any, data_dir: str) -> None:
     """Send a test message to every target; exit 1 naming those that failed."""
-    _conf, jobs, _remotes = _config()
-    if not jobs.notify.urls:
-        raise UsageError(
-            f"no notification target: add urls under [notify] in {settings.config_path()}"
-        )
-    host = _host(data_dir)
-    message = notify_.Message(
-        f"[{host}] isidorus test message", f"isidorus on {host} can reach you.", failure=False
-    )
-    failed = notify_.send(jobs.notify.urls, message)
-    if failed:
-        raise UsageError(f"these targets did not take the message: {', '.join(failed)}")
-    click.echo(f"sent to {len(jobs.notify.urls)} target(s)")
+    sent = notify_.send_test(data_dir)
+    if sent.failed:
+        raise UsageError(f"these targets did not take the message: {', '.join(sent.failed)}")
+    click.echo(f"sent to {sent.targets} target(s)")
 
 
 @click.group()

@@ -32,7 +32,6 @@ import contextlib
 import glob
 import os
 import shutil
-import socket
 import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -46,7 +45,6 @@ from isidorus.backup.verify import VerifyOptions
 from isidorus.errors import IsidorusError
 from isidorus.ops import runs
 from isidorus.ops.backups import StoreRef, create_backup, gc, prune, verify
-from isidorus.ops.database import read_config
 from isidorus.ops.jobs_config import JobsConfig
 from isidorus.ops.offsite import sync
 from isidorus.ops.runs import Recorder, Run, Step, StepFailed
@@ -111,7 +109,7 @@ def nightly(db: Database, data_dir: str, say: Say) -> Run:
     conf, jobs, remotes = jobs_config.host_config()
     if jobs.notify.urls:
         notify.check_urls(jobs.notify.urls)
-    host = str(read_config(data_dir).get("domain") or socket.getfqdn())
+    host = notify.host_name(data_dir)
 
     def tell(run: Run) -> None:
         findings = doctor.diagnose(db, data_dir, conf, jobs, remotes)

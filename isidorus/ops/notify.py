@@ -9,10 +9,15 @@ cannot be reached is logged in the run and named by `isidorus notify test`.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
+from isidorus import settings
 from isidorus.errors import UsageError
+from isidorus.ops import jobs_config
+from isidorus.ops.database import read_config
 from isidorus.ops.doctor import Finding
 from isidorus.ops.runs import Run, Step
 from isidorus.units import human_bytes
@@ -32,6 +37,44 @@ class Message:
     title: str
     body: str
     failure: bool  # a failure (sent as such), or a report
+
+
+class NoTargets(UsageError):
+    """No notification target is configured: nothing to send to, as things stand."""
+
+    http_status = 409
+
+
+@dataclass(frozen=True)
+class TestSent:
+    targets: int  # how many targets were sent the message
+    failed: tuple[str, ...]  # those that did not take it (secrets masked)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"targets": self.targets, "failed": list(self.failed)}
+
+
+def host_name(data_dir: str) -> str:
+    """The host as messages name it: its domain, else the machine's name."""
+    return str(read_config(data_dir).get("domain") or socket.getfqdn())
+
+
+def send_test(data_dir: str) -> TestSent:
+    """Send a test message to every target of the configuration file's `[notify] urls`
+    (`isidorus notify test`); a target that fails is named in the answer, not raised.
+    NoTargets when there is none; UsageError for a broken file or a URL apprise cannot
+    use."""
+    _conf, jobs, _remotes = jobs_config.host_config()
+    urls = jobs.notify.urls
+    if not urls:
+        raise NoTargets(
+            f"no notification target: add urls under [notify] in {settings.config_path()}"
+        )
+    host = host_name(data_dir)
+    message = Message(
+        f"[{host}] isidorus test message", f"isidorus on {host} can reach you.", failure=False
+    )
+    return TestSent(len(urls), tuple(send(urls, message)))
 
 
 def _apprise(urls: Sequence[str]) -> object:
