@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
-
 import click
 
 from isidorus.cli.accounts import _data_dir
 from isidorus.cli.output import print_json, warn
-from isidorus.directory.errors import DirectoryConfigError, SyncIncomplete
+from isidorus.directory.errors import SyncIncomplete
 from isidorus.ops import accounts as ops
 from isidorus.ops import directory as directory_ops
 
@@ -31,14 +29,7 @@ def directory_sync(data_dir: str | None, dry_run: bool, as_json: bool) -> None:
     d = _data_dir(data_dir)
     db = ops.open_state(d, warn=warn)
     try:
-        config_file = os.path.join(d, ops.CONFIG_NAME)
-        config = directory_ops.load_config(config_file)
-        if config is None:
-            raise DirectoryConfigError(
-                f"{config_file} has no [ldap] table: add one to keep a directory "
-                "(see docs/directory.md)"
-            )
-        report = directory_ops.sync_directory(db, config, dry_run=dry_run)
+        report = directory_ops.sync_host_directory(db, d, dry_run=dry_run)
     finally:
         db.close()
     if as_json:

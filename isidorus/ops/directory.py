@@ -21,7 +21,8 @@ from typing import Any
 from isidorus.accounts import groups as groups_
 from isidorus.accounts import users as users_
 from isidorus.directory.config import DirectoryConfig, load_config
-from isidorus.directory.errors import DirectoryError
+from isidorus.directory.errors import DirectoryError, NoDirectory
+from isidorus.ops.database import CONFIG_NAME
 from isidorus.state.db import Database
 
 # the tables whose changes the directory shows
@@ -29,7 +30,7 @@ ACCOUNT_TABLES = frozenset({"users", "groups", "memberships"})
 
 log = logging.getLogger("isidorus.directory")
 
-__all__ = ["SyncReport", "keep_in_step", "load_config", "sync_directory"]
+__all__ = ["SyncReport", "keep_in_step", "load_config", "sync_directory", "sync_host_directory"]
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,20 @@ def sync_directory(db: Database, config: DirectoryConfig, *, dry_run: bool = Fal
         changes=tuple(c.describe() for c in result.plan.changes),
         problems=result.problems,
     )
+
+
+def sync_host_directory(db: Database, data_dir: str, *, dry_run: bool = False) -> SyncReport:
+    """`sync_directory` with the directory the host's configuration (in `data_dir`)
+    describes: NoDirectory when it has no `[ldap]` table, DirectoryConfigError when that
+    table is wrong."""
+    config_file = os.path.join(data_dir, CONFIG_NAME)
+    config = load_config(config_file)
+    if config is None:
+        raise NoDirectory(
+            f"{config_file} has no [ldap] table: add one to keep a directory "
+            "(see docs/directory.md)"
+        )
+    return sync_directory(db, config, dry_run=dry_run)
 
 
 @contextlib.contextmanager
