@@ -23,6 +23,21 @@ from isidorus.system.errors import HostError
 from isidorus.system.tls import paths, read_certificate, self_signed
 
 Say = Callable[[str], None]
+NO_TLS = (
+    "services_tls is none: the sites have no certificates; set services_tls to acme or self-signed"
+)
+
+
+class NoCertificates(UsageError):
+    """The sites have no certificates to renew (services_tls = none), as things stand."""
+
+    http_status = 409
+
+
+def check_renewable() -> None:
+    """NoCertificates with services_tls = none: told before a renewal is started."""
+    if str(settings.load()["services_tls"]) == "none":
+        raise NoCertificates(NO_TLS)
 
 
 @dataclass(frozen=True)
@@ -67,13 +82,11 @@ def renew(
     so that nginx serves them. With ACME: every self-signed one (a first certificate the CA
     did not give at install) and every one from the CA ending within `days`; otherwise
     self-signed ones ending within 30 days. A domain that fails keeps what it has and gets a
-    `problem`; the others are renewed all the same. UsageError with services_tls = none."""
+    `problem`; the others are renewed all the same. NoCertificates with services_tls =
+    none."""
     tools, sites = _sites(db, data_dir)
     if tools.tls_dir is None:
-        raise UsageError(
-            "services_tls is none: the sites have no certificates; set services_tls to acme "
-            "or self-signed"
-        )
+        raise NoCertificates(NO_TLS)
     tls_dir = tools.tls_dir
     problems: dict[str, str] = {}
     renewed: list[str] = []

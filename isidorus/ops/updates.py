@@ -51,6 +51,8 @@ LOCK_PATH = "/run/lock/isidorus-update.lock"
 class UpdateError(IsidorusError):
     """An update cannot start: another one runs."""
 
+    http_status = 409
+
 
 def _quiet(_line: str) -> None:
     pass
@@ -108,6 +110,13 @@ def require_root() -> None:
         raise UsageError(
             "applying updates needs root (it runs apt and restarts services): run it as root"
         )
+
+
+def check_idle() -> None:
+    """UpdateError when an update runs now (the command line's, the nightly job's, or one
+    the web started): told at once to the one who asks for another, before it starts."""
+    with _only_one():
+        pass
 
 
 def apply_updates(db: Database, data_dir: str, *, security_only: bool, actor: str, say: Say) -> Run:
