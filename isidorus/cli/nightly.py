@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 from typing import Any
 
 import click
@@ -16,6 +17,10 @@ from isidorus.ops import notify as notify_
 from isidorus.ops import schedule as schedule_
 from isidorus.ops.runs import Run
 from isidorus.units import human_bytes
+
+
+def _actor() -> str:
+    return f"cli:{getpass.getuser()}"
 
 
 def _say(line: str) -> None:
@@ -139,7 +144,7 @@ def schedule_install(db: Any, data_dir: str) -> None:
             f"note: {', '.join(unkept)} of this shell will not apply to the scheduled nights: "
             f"put those settings in {settings.config_path()}"
         )
-    click.echo(schedule_.install(data_dir, conf, jobs.nightly))
+    click.echo(schedule_.install(db, _actor(), data_dir, conf, jobs.nightly))
 
 
 @schedule.command("remove")
@@ -147,7 +152,7 @@ def schedule_install(db: Any, data_dir: str) -> None:
 def schedule_remove(db: Any, data_dir: str) -> None:
     """Stop running the nightly job on its own."""
     conf, _jobs, _remotes = _config()
-    schedule_.remove(conf)
+    schedule_.remove(db, _actor(), conf)
     click.echo("the nightly job is no longer scheduled")
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from isidorus.errors import IsidorusError
 from isidorus.ops import runs
+from isidorus.ops.accounts import audit
 from isidorus.ops.jobs_config import NightlyConfig
 from isidorus.state.db import Database
 from isidorus.system.errors import HostError
@@ -68,8 +69,18 @@ def command(data_dir: str, *args: str) -> list[str]:
     return [sys.executable, "-m", "isidorus", *args, "--data-dir", data_dir]
 
 
-def install(data_dir: str, conf: Mapping[str, Any], nightly: NightlyConfig) -> str:
-    """Set up the schedule (again, with the current configuration); what was set up."""
+def install(
+    db: Database, actor: str, data_dir: str, conf: Mapping[str, Any], nightly: NightlyConfig
+) -> str:
+    """Set up the schedule (again, with the current configuration); what was set up, also
+    written to the audit log. HostError when systemctl or supervisorctl fails."""
+    what = _install(data_dir, conf, nightly)
+    with db.write() as conn:
+        audit(conn, actor, "schedule.install", "", what)
+    return what
+
+
+def _install(data_dir: str, conf: Mapping[str, Any], nightly: NightlyConfig) -> str:
     _mark(data_dir)
     if systemd_is_pid1():
         unit_dir = str(conf["systemd_unit_dir"])
@@ -93,7 +104,15 @@ def install(data_dir: str, conf: Mapping[str, Any], nightly: NightlyConfig) -> s
     return f"isidorus scheduler under {manager.kind}: every day at {nightly.time}"
 
 
-def remove(conf: Mapping[str, Any]) -> None:
+def remove(db: Database, actor: str, conf: Mapping[str, Any]) -> None:
+    """Stop running the nightly job on its own (nothing to do when it is not scheduled);
+    written to the audit log. HostError when systemctl or supervisorctl fails."""
+    _remove(conf)
+    with db.write() as conn:
+        audit(conn, actor, "schedule.remove")
+
+
+def _remove(conf: Mapping[str, Any]) -> None:
     if systemd_is_pid1():
         unit_dir = str(conf["systemd_unit_dir"])
         timer = os.path.join(unit_dir, f"{NAME}.timer")
