@@ -27,6 +27,26 @@ from isidorus.settings import Remote, load_remotes, remotes_path
 PREFIX = "remote:"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
+
+class NoSuchRemote(UsageError):
+    """No remote of that name is defined."""
+
+    http_status = 404
+
+
+class RemoteExists(UsageError):
+    """A remote of that name is defined already."""
+
+    http_status = 409
+
+
+class RemoteElsewhere(UsageError):
+    """The remote is defined in a file `add` did not write: that file is the operator's."""
+
+    http_status = 409
+
+
 FORMS = "a path, ssh://[user@]host[:port]/path, ssh+isidorus://[user@]host[:port]/path or s3://bucket/prefix"
 
 
@@ -87,7 +107,7 @@ def resolve(location: str, remotes: Mapping[str, Remote]) -> str:
     name = location[len(PREFIX) :]
     remote = remotes.get(name)
     if remote is None:
-        raise UsageError(
+        raise NoSuchRemote(
             f"there is no remote {name!r}: see `isidorus backup remote list`, or add it "
             "with `isidorus backup remote add`"
         )
@@ -96,6 +116,14 @@ def resolve(location: str, remotes: Mapping[str, Remote]) -> str:
 
 def list_remotes(config_file: str) -> list[Remote]:
     return sorted(load_remotes(config_file).values(), key=lambda r: r.name)
+
+
+def get_remote(config_file: str, name: str) -> Remote:
+    """The remote `name`; NoSuchRemote when none has that name."""
+    remote = load_remotes(config_file).get(name)
+    if remote is None:
+        raise NoSuchRemote(f"there is no remote {name!r}: see `isidorus backup remote list`")
+    return remote
 
 
 def _load(path: str) -> dict[str, Any]:
@@ -136,12 +164,13 @@ def _write(path: str, doc: dict[str, Any]) -> None:
 
 
 def add_remote(config_file: str, name: str, url: str) -> Remote:
-    """Record a remote; refuses a name in use and a URL of the wrong form."""
+    """Record a remote; refuses a name in use (RemoteExists) and a name or URL of the
+    wrong form (UsageError)."""
     check_name(name)
     check_url(url)
     existing = load_remotes(config_file).get(name)
     if existing is not None:
-        raise UsageError(
+        raise RemoteExists(
             f"the remote {name!r} exists ({existing.url}, in {existing.file}): remove it "
             "first, or choose another name"
         )
@@ -156,15 +185,14 @@ def add_remote(config_file: str, name: str, url: str) -> Remote:
 
 
 def remove_remote(config_file: str, name: str) -> Remote:
-    """Forget a remote written by `add` (the store it names is not touched)."""
-    remote = load_remotes(config_file).get(name)
-    if remote is None:
-        raise UsageError(f"there is no remote {name!r}: see `isidorus backup remote list`")
+    """Forget a remote written by `add` (the store it names is not touched): NoSuchRemote,
+    or RemoteElsewhere for one defined in another configuration file."""
+    remote = get_remote(config_file, name)
     path = remotes_path(config_file)
     doc = _load(path)
     table = doc.get("remotes")
     if remote.file != path or not isinstance(table, dict) or name not in table:
-        raise UsageError(
+        raise RemoteElsewhere(
             f"the remote {name!r} is defined in {remote.file}: remove it from that file"
         )
     del table[name]
