@@ -332,24 +332,34 @@ def password_session(db: Database, name: str, password: str, address: str) -> st
     return token
 
 
-def add_app_password(db: Database, name: str, label: str) -> tuple[AppPassword, str]:
-    """A new app password of the member `name`; its secret is returned this once."""
+def add_app_password(
+    db: Database, name: str, label: str, *, actor: str | None = None
+) -> tuple[AppPassword, str]:
+    """A new app password of the member `name`, made by them (the portal) or by `actor`
+    (an admin); its secret is returned this once."""
     with db.write() as conn:
         made, secret = app_passwords.create(conn, name, label)
-        audit(conn, name, "user.app-password.add", name, made.label)
+        audit(conn, actor or name, "user.app-password.add", name, made.label)
         return made, secret
 
 
 def list_app_passwords(db: Database, name: str) -> list[AppPassword]:
+    """The member's app passwords (never their secrets); NoSuchAccount for an unknown
+    user."""
     with db.read() as conn:
+        users_.get_user(conn, name)
         return app_passwords.list_for(conn, name)
 
 
-def remove_app_password(db: Database, name: str, password_id: int) -> None:
-    """Revoke one of the member's app passwords: the sessions it opened end with it."""
+def remove_app_password(
+    db: Database, name: str, password_id: int, *, actor: str | None = None
+) -> AppPassword:
+    """Revoke one of the member's app passwords, by them or by `actor` (an admin): the
+    sessions it opened end with it."""
     with db.write() as conn:
         gone = app_passwords.revoke(conn, name, password_id)
-        audit(conn, name, "user.app-password.remove", name, gone.label)
+        audit(conn, actor or name, "user.app-password.remove", name, gone.label)
+        return gone
 
 
 def login_code(db: Database, name: str, pending: str, code: str) -> Login:
