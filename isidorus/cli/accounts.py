@@ -228,14 +228,7 @@ def user_enable(db: Database, name: str) -> None:
 @click.option("--fullname", help="The new full name.")
 def user_edit(db: Database, name: str, email: str | None, fullname: str | None) -> None:
     """Change the e-mail or full name of NAME."""
-    current = ops.get_user(db, name)
-    ops.update_profile(
-        db,
-        _actor(),
-        name,
-        email=current.email if email is None else email,
-        fullname=current.fullname if fullname is None else fullname,
-    )
+    ops.update_profile(db, _actor(), name, email=email, fullname=fullname)
     click.echo(f"saved the profile of {name}")
 
 

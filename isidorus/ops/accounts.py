@@ -200,10 +200,18 @@ def set_admin(db: Database, actor: str, name: str, is_admin: bool) -> None:
         audit(conn, actor, "user.admin" if is_admin else "user.member", name)
 
 
-def update_profile(db: Database, actor: str, name: str, *, fullname: str, email: str) -> User:
-    """Change a user's full name and e-mail (an admin, or the member themself)."""
+def update_profile(
+    db: Database, actor: str, name: str, *, fullname: str | None = None, email: str | None = None
+) -> User:
+    """Change a user's full name and e-mail (an admin, or the member themself); one that
+    is None stays as it is."""
     with db.write() as conn:
-        user = users_.update_profile(conn, name, email=email.strip(), fullname=fullname.strip())
+        user = users_.update_profile(
+            conn,
+            name,
+            email=None if email is None else email.strip(),
+            fullname=None if fullname is None else fullname.strip(),
+        )
         audit(conn, actor, "user.profile", name)
         return user
 
