@@ -13,7 +13,7 @@ import queue
 import re
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, BinaryIO, cast
 from urllib.parse import parse_qsl, quote
@@ -29,6 +29,7 @@ from isidorus.accounts.sessions import Session
 from isidorus.backup.errors import PathNotFound, SnapshotNotFound
 from isidorus.errors import IsidorusError, NotFoundError, UsageError
 from isidorus.ops import monitoring, runs
+from isidorus.ops.backups import StoreRef
 from isidorus.ops.monitoring import Entry, GrowthPoint, StoreWatch
 from isidorus.state.db import Database
 from isidorus.web.base import Host, Views, human_size, utc_time
@@ -248,6 +249,64 @@ class _Channel:
         return len(data)
 
 
+async def file_response(
+    ref: StoreRef,
+    snapshot: str,
+    path: str,
+    refused: Callable[[IsidorusError], IsidorusError] = lambda exc: exc,
+) -> Response:
+    """A file of a snapshot as a download, sent while it is read (memory stays flat
+    however large it is): the admin area's, and the API's. What stops it before its first
+    byte (no such snapshot or path, not a file, a bad path) is raised as `refused` makes
+    it; a failure later cuts the download (the headers are sent)."""
+    channel = _Channel()
+
+    def work() -> None:
+        try:
+            out = cast(BinaryIO, channel)  # it has the one method cat calls
+            monitoring.read_file(ref, snapshot, path, out, lambda i: channel.put("info", i))
+            channel.put("end", None)
+        except _Gone:
+            pass
+        except Exception as exc:  # handed to the response, which shows or logs it
+            with contextlib.suppress(_Gone):
+                channel.put("error", exc)
+
+    threading.Thread(target=work, name="isidorus-download", daemon=True).start()
+    kind, value = await run_in_threadpool(channel.items.get)
+    if kind == "error":
+        channel.gone.set()
+        if isinstance(value, IsidorusError):
+            raise refused(value) from None
+        raise value
+    info: monitoring.FileInfo = value
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            while True:
+                kind, value = await run_in_threadpool(channel.items.get)
+                if kind == "data":
+                    yield value
+                elif kind == "end":
+                    return
+                elif kind == "error":
+                    # the headers are sent: the browser sees a cut download
+                    log.warning("download of %s from %s stopped: %s", path, snapshot, value)
+                    raise value
+        finally:
+            channel.gone.set()
+
+    return StreamingResponse(
+        body(),
+        media_type="application/octet-stream",
+        headers={
+            "Content-Disposition": attachment(info.name),
+            "Content-Length": str(info.size),
+            "Cache-Control": "no-store",
+        },
+    )
+
+
 class BackupsAdmin(Views):
     def __init__(self, host: Host, db: Database, watch: StoreWatch) -> None:
         super().__init__(host, db)
@@ -398,51 +457,8 @@ class BackupsAdmin(Views):
             return session
         snapshot, path = self._snapshot(request), query_path(request)
         ref = self._store()
-        channel = _Channel()
-
-        def work() -> None:
-            try:
-                out = cast(BinaryIO, channel)  # it has the one method cat calls
-                monitoring.read_file(ref, snapshot, path, out, lambda i: channel.put("info", i))
-                channel.put("end", None)
-            except _Gone:
-                pass
-            except Exception as exc:  # handed to the response, which shows or logs it
-                with contextlib.suppress(_Gone):
-                    channel.put("error", exc)
-
-        threading.Thread(target=work, name="isidorus-download", daemon=True).start()
-        kind, value = await run_in_threadpool(channel.items.get)
-        if kind == "error":
-            channel.gone.set()
-            if isinstance(value, IsidorusError):
-                raise self._not_found(value, snapshot, path) from None
-            raise value
-        info: monitoring.FileInfo = value
-
-        async def body() -> AsyncIterator[bytes]:
-            try:
-                while True:
-                    kind, value = await run_in_threadpool(channel.items.get)
-                    if kind == "data":
-                        yield value
-                    elif kind == "end":
-                        return
-                    elif kind == "error":
-                        # the headers are sent: the browser sees a cut download
-                        log.warning("download of %s from %s stopped: %s", path, snapshot, value)
-                        raise value
-            finally:
-                channel.gone.set()
-
-        return StreamingResponse(
-            body(),
-            media_type="application/octet-stream",
-            headers={
-                "Content-Disposition": attachment(info.name),
-                "Content-Length": str(info.size),
-                "Cache-Control": "no-store",
-            },
+        return await file_response(
+            ref, snapshot, path, lambda exc: self._not_found(exc, snapshot, path)
         )
 
     # -- Jobs
