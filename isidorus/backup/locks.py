@@ -117,15 +117,26 @@ def remove_stale(backend: Backend) -> list[Session]:
     return stale
 
 
+def new_name() -> str:
+    """A session's name, for a caller that must know it before the session starts."""
+    return secrets.token_hex(16)
+
+
 @contextlib.contextmanager
 def session(
-    backend: Backend, purpose: str, *, exclusive: bool = False, read_only: bool = False
+    backend: Backend,
+    purpose: str,
+    *,
+    exclusive: bool = False,
+    read_only: bool = False,
+    name: str | None = None,
 ) -> Iterator[Session]:
     """Register this process as a user of the store; with `exclusive`, also take the
     maintenance lock or raise LockedError naming who holds it. A `read_only` user of a
     store it cannot write (a read-only mount, another user's store) goes on unregistered:
-    nobody can delete anything there under it."""
-    me = _me(secrets.token_hex(16), purpose)
+    nobody can delete anything there under it. `name` is the session's (new_name()), when
+    the caller has used it already as its uploads' tag."""
+    me = _me(name or new_name(), purpose)
     if exclusive:
         _take_exclusive(backend, purpose)
     registered = False

@@ -35,8 +35,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from isidorus.backup import locks
-from isidorus.backup.errors import BackendError, IntegrityError, StoreError
+from isidorus.backup.errors import BackendError, BackupError, IntegrityError, StoreError
 from isidorus.backup.gc import STATE, Marker
+from isidorus.backup.head_start import CopyMemo, HeadStart
 from isidorus.backup.progress import NullProgress, Progress
 from isidorus.backup.remote.base import Backend, QueuingRemovals
 from isidorus.backup.repository import Repository, read_config
@@ -172,12 +173,19 @@ class _Copier:
     """Copies objects of one kind in parallel and counts what crossed."""
 
     def __init__(
-        self, source: Backend, dest: Backend, opts: SyncOptions, progress: Progress
+        self,
+        source: Backend,
+        dest: Backend,
+        opts: SyncOptions,
+        progress: Progress,
+        head: HeadStart | None = None,
     ) -> None:
         self.source = source
         self.dest = dest
         self.opts = opts
         self.progress = progress
+        self.head = head
+        self.packs_held: set[str] = set()  # the packs DEST holds, as far as this sync saw
 
     def copy(
         self, kind: str, todo: list[tuple[str, int]], result: SyncResult
@@ -187,7 +195,8 @@ class _Copier:
         vanished: list[str] = []
 
         def work(item: tuple[str, int]) -> int:
-            return copy_object(self.source, self.dest, kind, item[0], item[1])
+            started = self.head.take(item[0]) if self.head and kind == "data" else None
+            return copy_object(self.source, self.dest, kind, item[0], item[1], started)
 
         def done(item: tuple[str, int], f: Future[int]) -> None:
             name, size = item
@@ -203,6 +212,7 @@ class _Copier:
             result.bytes_sent += sent
             if kind == "data":
                 result.packs_sent += 1
+                self.packs_held.add(name)
             elif kind == "snapshots":
                 result.snapshots_copied += 1
             self.progress.advance(items=1, nbytes=size)
@@ -217,6 +227,7 @@ def _round(
     """Copy what DEST lacks of `listing`; False when some of it vanished from SOURCE
     before it was copied (the listing is stale: the caller lists again)."""
     have = list_store(dest)
+    copier.packs_held.update(have.data)
     todo = {
         kind: sorted((n, s) for n, s in listing.of(kind).items() if n not in have.of(kind))
         for kind in ("keys", "data", "index", "snapshots")
@@ -297,13 +308,17 @@ def sync_stores(
     *,
     repo: Repository | None = None,
     own_sessions: set[str] | None = None,
+    head: HeadStart | None = None,
+    memo: CopyMemo | None = None,
 ) -> SyncResult:
     """Make DEST (prepared by `prepare_destination`) hold SOURCE's snapshots, or those of
     `options.snapshots` (which needs `repo`: SOURCE opened with its key), and, after a
     full sync, no more than SOURCE holds. The caller holds a session on SOURCE and the
     exclusive lock on DEST (`own_sessions` names them). Idempotent: an interrupted sync
     run again sends only what DEST still lacks. Damaged objects of SOURCE are not copied
-    and are named in `result.damaged`; failures to read or write raise BackendError."""
+    and are named in `result.damaged`; failures to read or write raise BackendError.
+    `head` carries on the uploads begun ahead (head_start.py); `memo` learns what DEST
+    holds once the sync is complete."""
     opts = options or SyncOptions()
     progress = progress or NullProgress()
     if opts.snapshots and repo is None:
@@ -316,7 +331,7 @@ def sync_stores(
         )
     locks.remove_stale(dest)
     dest.clean_tmp({s.name for s in locks.list_sessions(dest)})  # a killed sync's uploads
-    copier = _Copier(source, dest, opts, progress)
+    copier = _Copier(source, dest, opts, progress, head)
     damaged = set(result.damaged)
     for _attempt in range(ROUNDS):
         listing = (
@@ -337,6 +352,8 @@ def sync_stores(
         result.postponed = "removals wait until the source's index is repaired"
     else:
         _remove_what_source_lacks(listing, dest, own_sessions or set(), result)
+    if memo is not None and result.ok:
+        memo.save(_store_id(source) or "", copier.packs_held & listing.data.keys())
     return result
 
 
@@ -346,25 +363,59 @@ def copy_store(
     options: SyncOptions | None = None,
     progress: Progress | None = None,
     open_source: Callable[[], Repository] | None = None,
+    memo: CopyMemo | None = None,
 ) -> SyncResult:
     """A whole sync: a session on SOURCE, DEST made a copy if it is none yet, the
     exclusive lock on DEST, then `sync_stores`. `open_source` opens SOURCE with its key;
-    it is called only for a sync of chosen snapshots."""
+    it is called only for a sync of chosen snapshots. With `memo` (for a place that is
+    slow to start, a home), the packs DEST most likely lacks get a head start, and the
+    memo learns what DEST holds at the end."""
     opts = options or SyncOptions()
     if opts.snapshots and open_source is None:
         raise ValueError("a sync of chosen snapshots needs the key of the source")
     result = SyncResult()
     with locks.session(source, "sync", read_only=True):
         repo = open_source() if opts.snapshots and open_source is not None else None
+        # uploads begun ahead are tagged with the session DEST will know this sync by
+        name = locks.new_name()
+        dest.tmp_tag = name
+        head = _head_start(source, dest, memo) if memo and not opts.snapshots else None
         try:
             if repo is not None:
                 for ref in opts.snapshots:
                     repo.find_snapshot(ref)  # a wrong one stops the sync before it starts
             prepare_destination(source, dest, result)
-            with locks.session(dest, "sync", exclusive=True) as me:
+            with locks.session(dest, "sync", exclusive=True, name=name):
                 return sync_stores(
-                    source, dest, result, opts, progress, repo=repo, own_sessions={me.name}
+                    source,
+                    dest,
+                    result,
+                    opts,
+                    progress,
+                    repo=repo,
+                    own_sessions={name},
+                    head=head,
+                    memo=memo if not opts.snapshots else None,
                 )
         finally:
+            if head is not None:
+                head.close()
             if repo is not None:
                 repo.cache.close()
+
+
+def _store_id(source: Backend) -> str | None:
+    try:
+        return str(json.loads(source.read("config", "config"))["id"])
+    except (OSError, BackupError, ValueError, KeyError, TypeError):
+        return None  # the sync says what is wrong with SOURCE
+
+
+def _head_start(source: Backend, dest: Backend, memo: CopyMemo) -> HeadStart | None:
+    """The head start of a sync to DEST, from what DEST held after the last one."""
+    store_id = _store_id(source)
+    held = memo.load(store_id) if store_id else None
+    if held is None:
+        return None
+    guess = sorted((n, s) for n, s in source.list("data") if n not in held)
+    return HeadStart(source, dest, guess).start()

@@ -13,10 +13,11 @@ import hashlib
 import re
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from isidorus.backup.errors import IntegrityError
-from isidorus.backup.remote.base import Backend, Replacing
+from isidorus.backup.remote.base import Backend, Replacing, Upload
 
 PIECE = 4 * 1024 * 1024  # bytes read in one request when streaming
 OBJECT_KINDS = ("keys", "snapshots", "index", "data")  # immutable, named by their hash
@@ -54,19 +55,34 @@ def check_object(backend: Backend, kind: str, name: str, size: int) -> bool:
     return h.hexdigest() == name
 
 
-def copy_object(src: Backend, dst: Backend, kind: str, name: str, size: int) -> int:
-    """Copy one immutable object as it is and return its size. Nothing is written when
-    its bytes in `src` do not match its name (IntegrityError) or it is gone from `src`
-    (FileNotFoundError). The write is atomic, so an interrupted copy leaves nothing under
-    the name. Thread-safe."""
-    if size <= PIECE:
+@dataclass
+class Started:
+    """An upload to a copy begun ahead (backup/head_start.py): its first `offset` bytes
+    are sent, and hashed by `hasher`."""
+
+    upload: Upload
+    hasher: Any
+    offset: int
+
+
+def copy_object(
+    src: Backend, dst: Backend, kind: str, name: str, size: int, started: Started | None = None
+) -> int:
+    """Copy one immutable object as it is and return its size, carrying on from `started`
+    when given. Nothing is written when its bytes in `src` do not match its name
+    (IntegrityError) or it is gone from `src` (FileNotFoundError). The write is atomic, so
+    an interrupted copy leaves nothing under the name. Thread-safe."""
+    if started is None and size <= PIECE:
         data = read_checked(src, kind, name)
         dst.write(kind, name, data)
         return len(data)
-    upload = dst.upload()
+    upload, h, begin = (
+        (started.upload, started.hasher, started.offset)
+        if started is not None
+        else (dst.upload(), hashlib.sha256(), 0)
+    )
     try:
-        h = hashlib.sha256()
-        for offset in range(0, size, PIECE):
+        for offset in range(begin, size, PIECE):
             piece = src.read_range(kind, name, offset, min(PIECE, size - offset))
             h.update(piece)
             upload.write(piece)

@@ -14,6 +14,7 @@ from typing import Any
 
 from isidorus.backup import locks
 from isidorus.backup.errors import StoreError
+from isidorus.backup.head_start import CopyMemo
 from isidorus.backup.progress import Progress
 from isidorus.backup.remote.base import Backend
 from isidorus.backup.remote.local import LocalBackend
@@ -62,6 +63,10 @@ def sync(
                 options,
                 progress,
                 lambda: Repository.open(src, source.passphrase, source.cache_dir),
+                # a home starts slowly: the packs it most likely lacks leave at once
+                CopyMemo(source.cache_dir, dst.location)
+                if isinstance(dst, ServedBackend)
+                else None,
             )
         finally:
             src.close()

@@ -22,6 +22,7 @@ from isidorus.backup.remote import wire
 from isidorus.backup.remote.ssh import RateLimit, SshPipe, SshTarget, ssh_argv
 
 PIECE = 1024 * 1024  # an upload's bytes cross in pieces of this size
+HELLO = 0  # the number of the hello's answer (requests count from 1)
 
 
 class ServedUpload:
@@ -88,7 +89,7 @@ class ServedBackend:
         self._handles = itertools.count(1)
         self._reader: threading.Thread | None = None
         self._early: threading.Thread | None = None
-        self._early_error: BackendError | None = None
+        self._early_error: Exception | None = None
 
     # -- connection
     def connect_soon(self) -> None:
@@ -102,8 +103,8 @@ class ServedBackend:
     def _connect_quietly(self) -> None:
         try:
             self._connect()
-        except BackendError as exc:
-            self._early_error = exc  # the first request raises it
+        except Exception as exc:  # noqa: BLE001 - the first request raises it
+            self._early_error = exc
 
     def _connect(self) -> SshPipe:
         with self._connect_lock:
@@ -115,25 +116,13 @@ class ServedBackend:
             if self._pipe is not None:
                 return self._pipe
             pipe = SshPipe(self.target, self._argv, self._rate_limit)
+            # requests follow the hello without waiting for its answer (the home's isidorus
+            # starting): that answer, the first one read, says whether they were served
             try:
                 pipe.sendall(wire.encode(["hello", wire.VERSION, {"path": self.target.path}]))
-                answer = self._read_message(pipe)
-            except wire.ProtocolError as exc:
-                pipe.close()
-                raise BackendError(
-                    f"{self.target.display} does not answer as `isidorus backup serve`: {exc} "
-                    "(is isidorus installed there, and the forced command right?)"
-                ) from None
             except BackendError:
                 pipe.close()
                 raise
-            if not (isinstance(answer, list) and len(answer) >= 3):
-                pipe.close()
-                raise BackendError(f"{self.target.display} answered the hello with garbage")
-            if answer[1] != 0:
-                pipe.close()
-                raise self._error(answer[2:], "hello")
-            self.info = dict(answer[2])
             self._pipe = pipe
             self._reader = threading.Thread(target=self._read_loop, args=(pipe,), daemon=True)
             self._reader.start()
@@ -147,9 +136,26 @@ class ServedBackend:
             header += pipe.recv_exactly(wire.HEADER - len(header))
         return wire.decode(pipe.recv_exactly(wire.frame_length(header)))
 
+    def _greeting(self, pipe: SshPipe) -> None:
+        """Read the hello's answer: INFO, or why the home serves nothing (raised)."""
+        try:
+            answer = self._read_message(pipe)
+        except wire.ProtocolError as exc:
+            raise BackendError(
+                f"{self.target.display} does not answer as `isidorus backup serve`: {exc} "
+                "(is isidorus installed there, and the forced command right?)"
+            ) from None
+        if not (isinstance(answer, list) and len(answer) >= 3 and answer[0] == HELLO):
+            raise BackendError(f"{self.target.display} answered the hello with garbage")
+        if answer[1] != 0:
+            kind, message, permanent = (list(answer[2:]) + ["backend", "", True])[:3]
+            raise BackendError(f"{self.target.display}: {message}", permanent=bool(permanent))
+        self.info = dict(answer[2])
+
     def _read_loop(self, pipe: SshPipe) -> None:
         error: BackendError
         try:
+            self._greeting(pipe)
             while True:
                 message = self._read_message(pipe)
                 future = self._pending.pop(message[0], None)
@@ -173,14 +179,18 @@ class ServedBackend:
                 raise self._broken
             rid = next(self._ids)
             self._pending[rid] = future
-            frame = wire.encode([rid, op, *args])
             try:
-                pipe.sendall(frame)
+                pipe.sendall(wire.encode([rid, op, *args]))
+                return future
             except BackendError as exc:
                 self._pending.pop(rid, None)
-                self._broken = self._broken or exc
-                raise
-        return future
+                failed = exc
+        # the reader knows better why the pipe broke: the home may have refused the hello
+        if self._reader is not None:
+            self._reader.join(timeout=5)
+        with self._send_lock:
+            self._broken = self._broken or failed
+            raise self._broken
 
     def _error(self, fields: list[Any], what: str) -> Exception:
         kind, message, permanent = (list(fields) + ["backend", "", True])[:3]

@@ -1,0 +1,129 @@
+"""A head start for a sync to a slow place: the first bytes of the packs the copy most
+likely lacks leave at once, while the other end starts up (a home's isidorus takes a few
+tenths of a second, longer on a small board) and the sync takes its lock and lists the
+copy, so that the link carries data from its first moment instead of waiting.
+
+The guess      `CopyMemo` keeps, in the cache directory, the names of the packs a copy held
+               after its last complete sync; the packs of SOURCE not among them are
+               most likely new. No memo (a first sync, another cache), no head start.
+Safety         the head start only opens uploads, which land in the copy's temporary
+               folder under the sync's own session: nothing appears in the copy until
+               the sync, holding the copy's lock, has listed it and found the pack
+               missing; an upload the listing does not need is dropped at the other end.
+               A wrong guess costs at most BUDGET bytes on the wire, never a wrong copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import threading
+from pathlib import Path
+
+from isidorus.backup.errors import BackendError
+from isidorus.backup.remote.base import Backend
+from isidorus.backup.transfer import PIECE, Started
+
+BUDGET = 8 * 1024 * 1024  # bytes sent ahead: over a second of a 50 Mbit/s link
+
+
+class HeadStart:
+    """Sends the first BUDGET bytes of `guess` (pack names and sizes, in the order the sync
+    copies them) to DEST in a thread; the sync then `take`s each upload it needs and
+    `close` drops the rest."""
+
+    def __init__(
+        self, source: Backend, dest: Backend, guess: list[tuple[str, int]], budget: int = BUDGET
+    ) -> None:
+        self.source = source
+        self.dest = dest
+        self.guess = guess
+        self.budget = budget
+        self.started: dict[str, Started] = {}
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="head-start", daemon=True)
+
+    def start(self) -> HeadStart:
+        if self.guess:
+            self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        left = self.budget
+        for name, size in self.guess:
+            if left <= 0:
+                return
+            try:
+                upload = self.dest.upload()
+            except (BackendError, OSError):
+                return  # the sync meets the same failure and says it
+            started = Started(upload, hashlib.sha256(), 0)
+            with self._lock:
+                self.started[name] = started
+            try:
+                while started.offset < size and left > 0:
+                    n = min(PIECE, size - started.offset, left)
+                    piece = self.source.read_range("data", name, started.offset, n)
+                    started.upload.write(piece)
+                    started.hasher.update(piece)
+                    started.offset += n
+                    left -= n
+            except (BackendError, OSError):
+                # gone from SOURCE, or the link failed: the sync sees to it on its own
+                with self._lock:
+                    self.started.pop(name, None)
+                with contextlib.suppress(BackendError, OSError):
+                    upload.abort()
+                return
+
+    def take(self, name: str) -> Started | None:
+        """The upload begun for `name`, to be carried on from its offset; None when there
+        is none (or it failed: the sync then sends the pack from its start)."""
+        if self._thread.ident is not None:
+            self._thread.join()
+        with self._lock:
+            return self.started.pop(name, None)
+
+    def close(self) -> None:
+        """Drop the uploads nobody took (the copy had them, or the sync stopped)."""
+        if self._thread.ident is not None:
+            self._thread.join()
+        with self._lock:
+            left, self.started = list(self.started.values()), {}
+        for started in left:
+            with contextlib.suppress(BackendError, OSError):
+                started.upload.abort()
+
+
+class CopyMemo:
+    """The packs a copy held after its last complete sync, kept in the cache directory by
+    the copy's location. Only ever a guess: a lost or stale memo costs time, not data."""
+
+    def __init__(self, cache_dir: str, location: str) -> None:
+        key = hashlib.sha256(location.encode()).hexdigest()[:32]
+        self.path = Path(cache_dir) / "copies" / f"{key}.json"
+        self.location = location
+
+    def load(self, store_id: str) -> set[str] | None:
+        try:
+            found = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(found, dict) or found.get("store") != store_id:
+            return None
+        packs = found.get("packs")
+        return set(packs) if isinstance(packs, list) else None
+
+    def save(self, store_id: str, packs: set[str]) -> None:
+        """Written whole or not at all; a cache that cannot be written is no error."""
+        body = json.dumps({"location": self.location, "store": store_id, "packs": sorted(packs)})
+        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(body)
+            os.replace(tmp, self.path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
