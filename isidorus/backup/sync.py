@@ -185,7 +185,8 @@ class _Copier:
         self.opts = opts
         self.progress = progress
         self.head = head
-        self.packs_held: set[str] = set()  # the packs DEST holds, as far as this sync saw
+        # what DEST holds: listed at the start of the round, with what this sync wrote
+        self.dest_has: Listing | None = None
 
     def copy(
         self, kind: str, todo: list[tuple[str, int]], result: SyncResult
@@ -212,9 +213,10 @@ class _Copier:
             result.bytes_sent += sent
             if kind == "data":
                 result.packs_sent += 1
-                self.packs_held.add(name)
             elif kind == "snapshots":
                 result.snapshots_copied += 1
+            if self.dest_has is not None:
+                self.dest_has.of(kind)[name] = size
             self.progress.advance(items=1, nbytes=size)
 
         run_parallel(todo, work, done, self.opts.threads)
@@ -226,8 +228,7 @@ def _round(
 ) -> bool:
     """Copy what DEST lacks of `listing`; False when some of it vanished from SOURCE
     before it was copied (the listing is stale: the caller lists again)."""
-    have = list_store(dest)
-    copier.packs_held.update(have.data)
+    have = copier.dest_has = list_store(dest)  # kept up to date by the copier
     todo = {
         kind: sorted((n, s) for n, s in listing.of(kind).items() if n not in have.of(kind))
         for kind in ("keys", "data", "index", "snapshots")
@@ -261,8 +262,11 @@ def _round(
 
 
 def _remove_what_source_lacks(
-    listing: Listing, dest: Backend, own_sessions: set[str], result: SyncResult
+    listing: Listing, have: Listing, dest: Backend, own_sessions: set[str], result: SyncResult
 ) -> None:
+    """Remove from DEST what it has (`have`: listed at the start of the round, with what
+    the round wrote; nobody else writes there while the lock is held and no other session
+    is open) and SOURCE no longer has."""
     others = [
         s
         for s in locks.list_sessions(dest)
@@ -276,7 +280,6 @@ def _remove_what_source_lacks(
             + "; run sync again once it is not"
         )
         return
-    have = list_store(dest)
     if have.snapshots and not listing.snapshots:
         # more likely a mistake (or a listing gone wrong) than a wish to lose every copy
         result.postponed = (
@@ -351,9 +354,11 @@ def sync_stores(
     if result.held_back:
         result.postponed = "removals wait until the source's index is repaired"
     else:
-        _remove_what_source_lacks(listing, dest, own_sessions or set(), result)
+        assert copier.dest_has is not None
+        _remove_what_source_lacks(listing, copier.dest_has, dest, own_sessions or set(), result)
     if memo is not None and result.ok:
-        memo.save(_store_id(source) or "", copier.packs_held & listing.data.keys())
+        assert copier.dest_has is not None
+        memo.save(_store_id(source) or "", copier.dest_has.data.keys() & listing.data.keys())
     return result
 
 
