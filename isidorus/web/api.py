@@ -1,6 +1,8 @@
-"""The REST API, mounted at `/api`: the accounts commands under `/api/v1` (this module),
-the services commands (api_services.py) and the host's operations (api_operations.py),
-described by the OpenAPI document at `/api/openapi.json`.
+"""The REST API, mounted at `/api`: the accounts commands under `/api/v1` (this module:
+users and their app passwords, groups, tokens, the audit log), the services commands
+(api_services.py), the host's operations (api_operations.py) and changes (api_host.py),
+its store and remotes (api_backups.py, api_remotes.py) and OpenID Connect's clients
+(api_oidc.py), described by the OpenAPI document at `/api/openapi.json`.
 
 Callers present an admin's API token (`Authorization: Bearer isi_…`) and act with that
 admin's rights; each change goes to the audit log as `api:<token name>`. Every endpoint
@@ -24,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
 from isidorus import __version__
+from isidorus.accounts.app_passwords import MAX_LABEL, AppPassword
 from isidorus.accounts.audit import MAX_LIMIT, AuditEntry
 from isidorus.accounts.errors import TokenRefused
 from isidorus.accounts.groups import Group
@@ -131,6 +134,37 @@ class PasswordIn(Strict):
     password: Password
 
 
+class ProfileIn(Strict):
+    email: str | None = Field(
+        None, pattern=EMAIL_PATTERN, max_length=254, description="Omit it to keep it."
+    )
+    fullname: str | None = Field(None, max_length=200, description="Omit it to keep it.")
+
+
+class AppPasswordOut(BaseModel):
+    id: int
+    label: str = Field(description="The app it is for, as named when it was made.")
+    created_at: datetime
+    last_used_at: datetime | None
+
+    @classmethod
+    def of(cls, a: AppPassword) -> AppPasswordOut:
+        return cls(id=a.id, label=a.label, created_at=a.created_at, last_used_at=a.last_used_at)
+
+
+class NewAppPasswordOut(AppPasswordOut):
+    password: str = Field(description="The app password, shown this once: only its hash is kept.")
+
+
+class AppPasswordIn(Strict):
+    label: str = Field(
+        min_length=1,
+        max_length=MAX_LABEL,
+        description="The app (and device) it is for.",
+        examples=["phone calendar"],
+    )
+
+
 class GroupOut(BaseModel):
     name: str
     description: str
@@ -216,8 +250,8 @@ def _utc(t: datetime) -> datetime:
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     why = {
         400: "The input breaks a rule (a weak password, a token for one who is not an admin).",
-        404: "No such user, group or token.",
-        409: "One of that name exists already.",
+        404: "No such user, group, token or app password.",
+        409: "One of that name exists already; or the change would leave no enabled admin.",
     }
     return {s: {"model": ErrorBody, "description": why[s]} for s in statuses}
 
@@ -329,6 +363,66 @@ def enable_user(db: Db, who: Auth, name: PathName) -> UserOut:
     return UserOut.of(ops.get_user(db, name))
 
 
+@router.patch("/users/{name}", tags=["users"], responses=_errors(400, 404))
+def edit_user(db: Db, who: Auth, name: PathName, body: ProfileIn) -> UserOut:
+    """Change a user's e-mail or full name (what is left out stays)."""
+    return UserOut.of(
+        ops.update_profile(db, who.actor, name, email=body.email, fullname=body.fullname)
+    )
+
+
+@router.post("/users/{name}/promote", tags=["users"], responses=_errors(404))
+def promote_user(db: Db, who: Auth, name: PathName) -> UserOut:
+    """Make a user an admin of the host (again changes nothing)."""
+    ops.set_admin(db, who.actor, name, True)
+    return UserOut.of(ops.get_user(db, name))
+
+
+@router.post("/users/{name}/demote", tags=["users"], responses=_errors(404, 409))
+def demote_user(db: Db, who: Auth, name: PathName) -> UserOut:
+    """Make an admin a member again (their API tokens are refused from then on); the last
+    enabled admin cannot be."""
+    _not_self(who, name, "demote")
+    ops.set_admin(db, who.actor, name, False)
+    return UserOut.of(ops.get_user(db, name))
+
+
+@router.delete("/users/{name}/totp", status_code=204, tags=["users"], responses=_errors(404))
+def turn_off_totp(db: Db, who: Auth, name: PathName) -> None:
+    """Turn off a user's second factor (for one who lost their phone): they log in with
+    their password alone until they turn it on again."""
+    ops.turn_off_totp(db, who.actor, name)
+
+
+# -- a member's app passwords
+
+
+@router.get("/users/{name}/app-passwords", tags=["users"], responses=_errors(404))
+def list_app_passwords(db: Db, who: Auth, name: PathName) -> list[AppPasswordOut]:
+    """A user's app passwords, oldest first (never the passwords themselves)."""
+    return [AppPasswordOut.of(a) for a in ops.list_app_passwords(db, name)]
+
+
+@router.post(
+    "/users/{name}/app-passwords", status_code=201, tags=["users"], responses=_errors(400, 404)
+)
+def add_app_password(db: Db, who: Auth, name: PathName, body: AppPasswordIn) -> NewAppPasswordOut:
+    """Make an app password for a user, for one app that signs in with their name and
+    password on every request (a calendar on a phone); it is returned once."""
+    made, secret = ops.add_app_password(db, name, body.label, actor=who.actor)
+    return NewAppPasswordOut(**AppPasswordOut.of(made).model_dump(), password=secret)
+
+
+@router.delete(
+    "/users/{name}/app-passwords/{id}", status_code=204, tags=["users"], responses=_errors(404)
+)
+def remove_app_password(
+    db: Db, who: Auth, name: PathName, id: Annotated[int, Path(ge=1, le=2**63 - 1)]
+) -> None:
+    """Revoke one of a user's app passwords: the sessions it opened end with it."""
+    ops.remove_app_password(db, name, id, actor=who.actor)
+
+
 # -- groups
 
 
@@ -434,6 +528,10 @@ async def api_error(request: Request, exc: Exception) -> Response:
         return json_error(exc.http_status, str(exc))
     if isinstance(exc, RequestValidationError):
         return json_error(422, _validation_message(exc))
+    if isinstance(exc, HTTPException) and exc.status_code == 400:
+        # FastAPI's, for a body it cannot even decode (bytes that are not UTF-8): as a
+        # body that is not JSON, it does not fit the document
+        return json_error(422, f"body: it is not JSON in UTF-8 (see {PREFIX}/openapi.json)")
     if isinstance(exc, HTTPException):
         path = quote(request.url.path)  # one line, whatever the path holds
         message = {
@@ -445,10 +543,28 @@ async def api_error(request: Request, exc: Exception) -> Response:
 
 
 def routers() -> list[APIRouter]:
-    """Every router of the API: this module's, the services' and the operations'."""
-    from isidorus.web import api_operations, api_services  # they build on this module
+    """Every router of the API: the host's (first: its paths under /services are not
+    services'), this module's, the services', the operations', the backups', the
+    remotes' and OpenID Connect's."""
+    # they build on this module
+    from isidorus.web import (
+        api_backups,
+        api_host,
+        api_oidc,
+        api_operations,
+        api_remotes,
+        api_services,
+    )
 
-    return [router, api_services.router, api_operations.router]
+    return [
+        api_host.router,
+        router,
+        api_services.router,
+        api_operations.router,
+        api_backups.router,
+        api_remotes.router,
+        api_oidc.router,
+    ]
 
 
 def create_api(

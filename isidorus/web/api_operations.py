@@ -2,11 +2,16 @@
 updates, the schedule of the nightly job, and the nightly job itself, started as a
 background job (see api_services.py) whose `Location` is `/api/v1/nightly/job`.
 
+The host's jobs (the nightly job, the store's, updates, every service's upgrade, the
+certificates' renewal) are started, told and forgotten here (start_host_job, host_job,
+clear_host_job), each at its own URL (HOST_JOBS), one of each at a time.
+
 Each reads the configuration file as the command line does (jobs_config.host_config).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal, cast
 
@@ -21,10 +26,49 @@ from isidorus.ops import schedule as ops_schedule
 from isidorus.ops import updates as ops_updates
 from isidorus.web.api import PREFIX, Auth, Db, ErrorBody, Strict
 from isidorus.web.api_services import DataDir, JobOut, Say, ServiceJobs, job_url
-from isidorus.web.jobs import Jobs
+from isidorus.web.jobs import Busy, Jobs, Work
 
 NIGHTLY = "nightly"  # the nightly job's name among the host's jobs
 NIGHTLY_URL = f"{PREFIX}/v1/nightly/job"
+
+
+@dataclass(frozen=True)
+class HostJob:
+    """One of the host's jobs, as the API tells it."""
+
+    url: str  # where it is told
+    what: str  # what it is, in a few words: "a nightly job"
+    none: str  # why there is none to tell
+
+
+RUNS_URL = f"{PREFIX}/v1/runs"
+HOST_JOBS = {
+    NIGHTLY: HostJob(
+        NIGHTLY_URL,
+        "a nightly job",
+        f"no nightly job was started here: the jobs history is at {RUNS_URL}",
+    ),
+    "backups": HostJob(
+        f"{PREFIX}/v1/backups/job",
+        "a job on the host's store",
+        "no job on the host's store was started here",
+    ),
+    "updates": HostJob(
+        f"{PREFIX}/v1/updates/job",
+        "an update",
+        f"no update was started here: the jobs history is at {RUNS_URL}",
+    ),
+    "upgrades": HostJob(
+        f"{PREFIX}/v1/services/upgrade/job",
+        "an upgrade of every service",
+        "no upgrade of every service was started here",
+    ),
+    "certificates": HostJob(
+        f"{PREFIX}/v1/services/certificates/job",
+        "a renewal of the certificates",
+        "no renewal of the certificates was started here",
+    ),
+}
 
 router = APIRouter(prefix="/v1", tags=["operations"])
 
@@ -43,6 +87,52 @@ def host_jobs(request: Request) -> Jobs:
 
 
 HostJobs = Annotated[Jobs, Depends(host_jobs)]
+
+
+def accepted(why409: str) -> dict[int | str, dict[str, Any]]:
+    """The answers of a POST that starts one of the host's jobs."""
+    return {
+        202: {
+            "description": "The job started; `Location` is where it tells how it goes.",
+            "headers": {"Location": {"schema": {"type": "string"}}},
+        },
+        409: {"model": ErrorBody, "description": why409},
+    }
+
+
+def start_host_job(
+    response: Response, all_jobs: Jobs, name: str, action: str, actor: str, work: Work
+) -> JobOut:
+    """Start `work` as the host's job `name`: the answer is 202, with the job's URL in
+    `Location`. Busy (409) while the last job of that name runs, wherever it was started,
+    naming it."""
+    known = HOST_JOBS[name]
+    try:
+        all_jobs.start(name, action, actor, work)
+    except Busy:
+        running = all_jobs.get(name)
+        who = f" ({running.action}, by {running.actor})" if running is not None else ""
+        raise Busy(
+            f"{known.what} runs already{who}: wait for its end, told at {known.url}"
+        ) from None
+    job = all_jobs.get(name)
+    assert job is not None
+    response.headers["Location"] = known.url
+    return JobOut.of(job, known.url)
+
+
+def host_job(all_jobs: Jobs, name: str) -> JobOut:
+    """The last of the host's jobs `name`; NotFoundError when there is none."""
+    job = all_jobs.get(name)
+    if job is None:
+        raise NotFoundError(HOST_JOBS[name].none)
+    return JobOut.of(job, HOST_JOBS[name].url)
+
+
+def clear_host_job(all_jobs: Jobs, name: str) -> None:
+    """Forget the last of the host's jobs `name` (Busy while it runs)."""
+    host_job(all_jobs, name)
+    all_jobs.clear(name)
 
 
 # -- models (the shapes of the commands' --json)
@@ -172,13 +262,7 @@ def schedule(who: Auth, db: Db, where: DataDir) -> ScheduleOut:
 @router.post(
     "/nightly",
     status_code=202,
-    responses={
-        202: {
-            "description": "The nightly job started; `Location` is where it tells how it goes.",
-            "headers": {"Location": {"schema": {"type": "string"}}},
-        },
-        **_errors(400, 409),
-    },
+    responses={**accepted("A nightly job runs already."), **_errors(400)},
 )
 def nightly(who: Auth, db: Db, where: DataDir, all_jobs: HostJobs, response: Response) -> JobOut:
     """Run the nightly job now, in the background, as `isidorus nightly` does; its run is
@@ -193,20 +277,20 @@ def nightly(who: Auth, db: Db, where: DataDir, all_jobs: HostJobs, response: Res
             raise IsidorusError(f"run {done.id} failed: {', '.join(failed)}")
         return f"run {done.id} ok"
 
-    all_jobs.start(NIGHTLY, "nightly", who.actor, work)
-    job = all_jobs.get(NIGHTLY)
-    assert job is not None
-    response.headers["Location"] = NIGHTLY_URL
-    return JobOut.of(job, NIGHTLY_URL)
+    return start_host_job(response, all_jobs, NIGHTLY, "nightly", who.actor, work)
 
 
 @router.get("/nightly/job", responses=_errors(404))
 def nightly_job(who: Auth, all_jobs: HostJobs) -> JobOut:
     """The last nightly job started through the API: running, or how it ended."""
-    job = all_jobs.get(NIGHTLY)
-    if job is None:
-        raise NotFoundError("no nightly job was started here: the jobs history is at /runs")
-    return JobOut.of(job, NIGHTLY_URL)
+    return host_job(all_jobs, NIGHTLY)
+
+
+@router.delete("/nightly/job", status_code=204, responses=_errors(404, 409))
+def clear_nightly_job(who: Auth, all_jobs: HostJobs) -> None:
+    """Forget the last nightly job started through the API (refused while it runs; its
+    run stays in the jobs history)."""
+    clear_host_job(all_jobs, NIGHTLY)
 
 
 # -- every job
@@ -214,7 +298,10 @@ def nightly_job(who: Auth, all_jobs: HostJobs) -> JobOut:
 
 @router.get("/jobs", tags=["services"])
 def list_jobs(who: Auth, service_jobs: ServiceJobs, all_jobs: HostJobs) -> list[JobOut]:
-    """The last job on each service, and the last nightly job started here, latest first."""
+    """The last job on each service, and the last of each of the host's jobs started here
+    (the nightly job, the store's, updates…), latest first."""
     found = [JobOut.of(j, job_url(j.service)) for j in service_jobs.all()]
-    found += [JobOut.of(j, NIGHTLY_URL) for j in all_jobs.all()]
+    found += [
+        JobOut.of(j, HOST_JOBS[j.service].url) for j in all_jobs.all() if j.service in HOST_JOBS
+    ]
     return sorted(found, key=lambda j: j.started_at, reverse=True)

@@ -128,14 +128,24 @@ class RestoreIn(Strict):
 
 
 class JobOut(BaseModel):
-    target: str = Field(description="The service it changes (`nightly` for the nightly job).")
-    action: str = Field(description="install, remove, upgrade, backup, restore; nightly.")
+    target: str = Field(
+        description="The service it changes; for the host's jobs: nightly, backups, "
+        "updates, upgrades or certificates."
+    )
+    action: str = Field(
+        description="install, remove, upgrade, backup, restore; nightly, verify, prune, gc, "
+        "scrub, repair-index, sync, apply, upgrade-all, renew."
+    )
     actor: str
     state: str = Field(description="running, done, failed, or interrupted (its server stopped).")
     lines: list[str] = Field(description="What it said so far, step by step (the last 300).")
     note: str = Field(
         description="Once done: what it says at the end (an install's URL…); once failed: "
         "the one-line error."
+    )
+    result: dict[str, Any] | None = Field(
+        description="Once ended, for the jobs that have one: what the command's `--json` "
+        "prints (a verify's report, a prune's decisions…); null otherwise."
     )
     started_at: datetime
     finished_at: datetime | None
@@ -150,6 +160,7 @@ class JobOut(BaseModel):
             state=job.state,
             lines=list(job.lines),
             note=job.note,
+            result=job.result,
             started_at=datetime.fromtimestamp(job.started, UTC),
             finished_at=None if job.finished is None else datetime.fromtimestamp(job.finished, UTC),
             url=url,

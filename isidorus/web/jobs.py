@@ -1,12 +1,15 @@
 """Changes of services that take minutes (install, remove, restart; upgrade, backup,
-restore), and the nightly job, run from the admin area or the REST API in a thread of the
-server process that got the form or the request.
+restore), and the host's long work (the nightly job, the store's checks and copies,
+updates, every service's upgrade, the certificates' renewal), run from the admin area or
+the REST API in a thread of the server process that got the form or the request.
 
 The server runs several processes, so a job's progress is kept in a file every process
 reads: `DATA_DIR/jobs/<service>.json`, replaced whole at each line. A job holds an
 exclusive lock on `<service>.lock` while it runs: a second job on the same service is
 refused, whichever process gets it, and a file that says "running" while nobody holds the
-lock is a job its process did not finish (stopped, or killed).
+lock is a job its process did not finish (stopped, or killed). A job's work ends with a
+note, and may end with a result too: what the command's `--json` prints (a verify's
+report), kept with the job.
 """
 
 from __future__ import annotations
@@ -32,8 +35,22 @@ from isidorus.web.i18n import gettext
 log = logging.getLogger(__name__)
 
 Say = Callable[[str], None]
-# does the work, saying each step; returns a note for the end ("" for none), raises on failure
-Work = Callable[[Say], str]
+
+
+@dataclass(frozen=True)
+class Done:
+    """How a job's work ended, when it has more to say than a note: `result` is what the
+    command's `--json` prints; `ok` False makes the job failed (the command would exit 1,
+    a verify that found damage), the note then being its one-line error."""
+
+    note: str
+    result: dict[str, Any] | None = None
+    ok: bool = True
+
+
+# does the work, saying each step; returns a note for the end ("" for none) or a Done,
+# raises on failure
+Work = Callable[[Say], str | Done]
 
 MAX_LINES = 300
 
@@ -45,13 +62,14 @@ class Busy(IsidorusError):
 @dataclass(frozen=True)
 class Job:
     service: str
-    action: str  # install, remove, restart, upgrade, backup, restore; nightly
+    action: str  # install, remove, restart, upgrade, backup, restore; the host's: see Jobs
     actor: str
     state: str  # running, done, failed, interrupted
     lines: tuple[str, ...]
     note: str  # done: what the work said at the end; failed: the one-line error
     started: float
     finished: float | None
+    result: dict[str, Any] | None = None  # see Done
 
     @property
     def running(self) -> bool:
@@ -60,8 +78,8 @@ class Job:
 
 class Jobs:
     """The jobs kept in `DATA_DIR/<folder>`, one per name: the services' in `jobs`, each
-    under its service's id; the host's (the nightly job started from the API) in
-    `host-jobs`, so that no service's id can name one of them."""
+    under its service's id; the host's (started from the API: the nightly job, the store's
+    work, updates…) in `host-jobs`, so that no service's id can name one of them."""
 
     def __init__(self, data_dir: str, folder: str = "jobs") -> None:
         self.dir = os.path.join(data_dir, folder)
@@ -103,10 +121,14 @@ class Jobs:
             del lines[:-MAX_LINES]
             self._write(dataclasses.replace(job, lines=tuple(lines)))
 
-        state, note = "failed", "interrupted"
+        state, note, result = "failed", "interrupted", None
         try:
-            note = work(say)
-            state = "done"
+            out = work(say)
+            if isinstance(out, Done):
+                note, result = out.note, out.result
+                state = "done" if out.ok else "failed"
+            else:
+                note, state = out, "done"
         except Exception as exc:
             if not isinstance(exc, IsidorusError):
                 log.exception("%s of %s failed", job.action, job.service)
@@ -115,7 +137,12 @@ class Jobs:
             try:
                 self._write(
                     dataclasses.replace(
-                        job, state=state, note=note, lines=tuple(lines), finished=time.time()
+                        job,
+                        state=state,
+                        note=note,
+                        lines=tuple(lines),
+                        finished=time.time(),
+                        result=result,
                     )
                 )
             finally:
@@ -131,6 +158,7 @@ class Jobs:
             "note": job.note,
             "started": job.started,
             "finished": job.finished,
+            "result": job.result,
         }
         fd, tmp = tempfile.mkstemp(prefix=f".{job.service}.", dir=self.dir)
         try:
@@ -159,6 +187,7 @@ class Jobs:
             note=str(doc.get("note", "")),
             started=float(doc["started"]),
             finished=None if doc.get("finished") is None else float(doc["finished"]),
+            result=doc["result"] if isinstance(doc.get("result"), dict) else None,
         )
         if job.running and not self._locked(service):
             return dataclasses.replace(job, state="interrupted")

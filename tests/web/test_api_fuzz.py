@@ -5,12 +5,16 @@ is one that the document describes.
 Each operation gets data that fits the document and data that does not. The operations
 share one host, so what one makes (users, groups, tokens) the next may meet.
 
-The operations that start background jobs (installs, removals, upgrades, backups, restores
-of services, and the nightly job) are not fuzzed: on a host where a service is
-installable they would really install it (apt, users, nginx) on the machine that runs the
-tests. test_api_services.py tests them, over a test catalog and stand-ins for the host's
-programs. Their functions are also replaced here by ones that fail the test, in case any
-other operation reaches them.
+The operations that change the machine are not fuzzed: the background jobs of services
+(installs, removals, upgrades, backups, restores, every service's upgrade), the nightly job,
+the updates and the certificates' renewal would really install, upgrade or ask a CA (apt,
+users, nginx) on the machine that runs the tests; the schedule's setting up writes a timer
+or a supervisord program; a copy to a remote, or a scrub of one, works on whatever place
+the fuzzing named as a remote. test_api_services.py, test_api_host.py and
+test_api_backups.py test them, over a test catalog, real stores and stand-ins for the
+host's programs. Their functions are also replaced here by ones that fail the test, in
+case any other operation reaches them. The other jobs on the host's store are fuzzed: the
+host of the fuzzing has no store, so each is refused at once (409).
 """
 
 import pytest
@@ -38,7 +42,16 @@ EVERY = sorted(
 NOT_FUZZED = {
     ("POST", f"/v1/services/{{id}}/{action}")
     for action in ("install", "remove", "upgrade", "backup", "restore")
-} | {("POST", "/v1/nightly")}
+} | {
+    ("POST", "/v1/nightly"),
+    ("POST", "/v1/services/upgrade"),
+    ("POST", "/v1/services/certificates/renew"),
+    ("POST", "/v1/updates/apply"),
+    ("PUT", "/v1/schedule"),
+    ("DELETE", "/v1/schedule"),
+    ("POST", "/v1/backups/remotes/{name}/sync"),
+    ("POST", "/v1/backups/remotes/{name}/scrub"),
+}
 OPERATIONS = [op for op in EVERY if op not in NOT_FUZZED]
 # what those jobs would call: reached by no fuzzed operation
 CHANGES = [
@@ -49,6 +62,15 @@ CHANGES = [
     ("isidorus.ops.service_backups", "restore_service"),
     ("isidorus.ops.nightly", "nightly"),
     ("isidorus.ops.nightly", "run_nightly"),
+    ("isidorus.ops.services", "upgrade_all"),
+    ("isidorus.ops.certificates", "renew"),
+    ("isidorus.ops.updates", "apply_updates"),
+    ("isidorus.ops.schedule", "install"),
+    ("isidorus.ops.schedule", "remove"),
+    ("isidorus.ops.offsite", "sync"),
+    ("isidorus.ops.offsite", "scrub"),
+    ("isidorus.ops.notify", "send"),
+    ("isidorus.ops.directory", "sync_directory"),
 ]
 EXAMPLES = 15  # per operation and mode: the whole run stays well under a minute
 
@@ -71,6 +93,8 @@ def machinery(tmp_path_factory):
         mp.setenv("ISIDORUS_SERVICE_CONFIG_ROOT", str(where / "etc"))
         mp.setenv("ISIDORUS_TLS_DIR", str(where / "tls"))
         mp.setenv("ISIDORUS_BACKUP_STORE", str(where / "store"))
+        mp.setenv("ISIDORUS_BACKUP_PASSPHRASE_FILE", str(where / "no-passphrase"))
+        mp.setenv("ISIDORUS_CACHE_DIR", str(where / "cache"))
         for module, name in CHANGES:
 
             def refuse(*args, _name=name, **kwargs):
