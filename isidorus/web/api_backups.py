@@ -31,9 +31,9 @@ from isidorus.state.db import Database
 from isidorus.units import human_bytes
 from isidorus.web.api import Auth, Db, ErrorBody, PathName, Strict
 from isidorus.web.api_operations import (
-    HOST_JOBS,
     HostJobs,
     accepted,
+    busy,
     clear_host_job,
     host_job,
     start_host_job,
@@ -88,13 +88,11 @@ class SaidProgress:
 
 
 def idle(all_jobs: Jobs) -> None:
-    """Busy while a job on the host's store runs here."""
+    """Busy while a job on the host's store runs here, naming it."""
     try:
         all_jobs.idle(BACKUPS)
     except Busy:
-        raise Busy(
-            f"a job on the host's store runs: wait for its end, told at {HOST_JOBS[BACKUPS].url}"
-        ) from None
+        raise busy(all_jobs, BACKUPS) from None
 
 
 def start(response: Response, all_jobs: Jobs, action: str, actor: str, work: Work) -> JobOut:

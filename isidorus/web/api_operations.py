@@ -110,15 +110,19 @@ def start_host_job(
     try:
         all_jobs.start(name, action, actor, work)
     except Busy:
-        running = all_jobs.get(name)
-        who = f" ({running.action}, by {running.actor})" if running is not None else ""
-        raise Busy(
-            f"{known.what} runs already{who}: wait for its end, told at {known.url}"
-        ) from None
+        raise busy(all_jobs, name) from None
     job = all_jobs.get(name)
     assert job is not None
     response.headers["Location"] = known.url
     return JobOut.of(job, known.url)
+
+
+def busy(all_jobs: Jobs, name: str) -> Busy:
+    """The 409 of a change refused while the host's job `name` runs, naming it."""
+    known = HOST_JOBS[name]
+    running = all_jobs.get(name)
+    who = f" ({running.action}, by {running.actor})" if running is not None else ""
+    return Busy(f"{known.what} runs already{who}: wait for its end, told at {known.url}")
 
 
 def host_job(all_jobs: Jobs, name: str) -> JobOut:
@@ -132,7 +136,10 @@ def host_job(all_jobs: Jobs, name: str) -> JobOut:
 def clear_host_job(all_jobs: Jobs, name: str) -> None:
     """Forget the last of the host's jobs `name` (Busy while it runs)."""
     host_job(all_jobs, name)
-    all_jobs.clear(name)
+    try:
+        all_jobs.clear(name)
+    except Busy:
+        raise busy(all_jobs, name) from None
 
 
 # -- models (the shapes of the commands' --json)
