@@ -52,7 +52,11 @@ class World:
         ).snapshot
 
     def snapshots(self, where=None):
-        ref = self.ref if where is None else StoreRef(where, lambda: PASSPHRASE, "", {})
+        ref = (
+            self.ref
+            if where is None
+            else StoreRef(where, lambda: PASSPHRASE, self.ref.cache_dir, {})
+        )
         return [s.id for s in ops_backups.list_snapshots(ref)[0]]
 
     def objects(self, kind, where=None):
