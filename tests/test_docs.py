@@ -7,7 +7,7 @@ import pathlib
 import click
 import pytest
 
-from isidorus.cli import cli
+from isidorus.cli.commands import cli
 from isidorus.directory.config import EXAMPLES as LDAP_EXAMPLES
 from isidorus.settings import SETTINGS
 

@@ -8,7 +8,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from isidorus.backup.remote.base import Backend
-from isidorus.backup.remote.local import LocalBackend
 from isidorus.backup.remote.ssh import RateLimit
 from isidorus.errors import UsageError
 from isidorus.units import parse_size
@@ -57,7 +56,21 @@ def backend_for(location: str, settings: Mapping[str, Any] | None = None) -> Bac
     if "://" in location:
         scheme = location.split("://", 1)[0]
         raise UsageError(f"stores of kind {scheme}:// are not supported yet: give a directory")
+    from isidorus.backup.remote.local import LocalBackend
+
     return LocalBackend(location)
+
+
+# connections begun by connect_ahead, by location and limit_rate, until a command asks
+_AHEAD: dict[tuple[str, str], Backend] = {}
+
+
+def connect_ahead(location: str, settings: Mapping[str, Any]) -> None:
+    """Start connecting to a home before the command that needs it is loaded (see
+    cli/early.py); `connect_early` with the same location and settings takes it over."""
+    backend = connect_early(location, settings)
+    if backend is not None:
+        _AHEAD[(location, str(settings.get("limit_rate", "") or ""))] = backend
 
 
 def connect_early(location: str, settings: Mapping[str, Any]) -> Backend | None:
@@ -65,6 +78,9 @@ def connect_early(location: str, settings: Mapping[str, Any]) -> Backend | None:
     (a failure is raised by its first request); None for any other kind of store."""
     if not location.startswith("ssh+isidorus://"):
         return None
+    ahead = _AHEAD.pop((location, str(settings.get("limit_rate", "") or "")), None)
+    if ahead is not None:
+        return ahead
     from isidorus.backup.remote.served import ServedBackend
 
     backend = backend_for(location, settings)
