@@ -378,7 +378,7 @@ def promote_user(db: Db, who: Auth, name: PathName) -> UserOut:
     return UserOut.of(ops.get_user(db, name))
 
 
-@router.post("/users/{name}/demote", tags=["users"], responses=_errors(404, 409))
+@router.post("/users/{name}/demote", tags=["users"], responses=_errors(404))
 def demote_user(db: Db, who: Auth, name: PathName) -> UserOut:
     """Make an admin a member again (their API tokens are refused from then on); the last
     enabled admin cannot be."""
