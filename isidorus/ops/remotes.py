@@ -25,7 +25,8 @@ from isidorus.errors import UsageError
 from isidorus.settings import Remote, load_remotes, remotes_path
 
 PREFIX = "remote:"
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}"
+_NAME = re.compile(NAME_PATTERN)
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
 

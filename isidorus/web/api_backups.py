@@ -43,7 +43,7 @@ from isidorus.web.backups import file_response, query_path
 from isidorus.web.jobs import Busy, Done, Jobs, Work
 
 BACKUPS = "backups"  # the name of the store's job among the host's jobs
-REMOTE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+REMOTE_NAME = f"^{remotes.NAME_PATTERN}$"
 SNAPSHOT_REF = r"^[0-9a-f]{1,64}$|^latest$"
 
 router = APIRouter(prefix="/v1", tags=["backups"])
