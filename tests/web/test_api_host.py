@@ -54,6 +54,7 @@ from tests.web.test_services import make_installed
 
 V1 = "/api/v1"
 
+
 @pytest.fixture(autouse=True)
 def update_lock(tmp_path, monkeypatch):
     """The updates' lock of this test alone (tests run side by side)."""
