@@ -52,17 +52,21 @@ READ_ONLY = frozenset({"list", "ls", "cat", "diff", "restore", "verify"})
 def open_backend(ref: StoreRef) -> Backend:
     """The store's backend, once it is known to hold a store (else one clear error)."""
     backend = backend_for(ref.location, ref.settings)
-    if isinstance(backend, LocalBackend):
-        if not os.path.lexists(backend.root):
-            raise StoreError(
-                f"{ref.location} does not exist: check the path, or create a store "
-                "with `isidorus backup init`"
-            )
-        if not os.path.isdir(backend.root):
-            raise StoreError(
-                f"{ref.location} is not a directory, so not a store: give the store's directory"
-            )
-    read_config(backend)
+    try:
+        if isinstance(backend, LocalBackend):
+            if not os.path.lexists(backend.root):
+                raise StoreError(
+                    f"{ref.location} does not exist: check the path, or create a store "
+                    "with `isidorus backup init`"
+                )
+            if not os.path.isdir(backend.root):
+                raise StoreError(
+                    f"{ref.location} is not a directory, so not a store: give the store's directory"
+                )
+        read_config(backend)
+    except BaseException:
+        backend.close()  # a remote store's connection, when it has one
+        raise
     return backend
 
 

@@ -170,6 +170,7 @@ class ServedBackend:
             pending, self._pending = self._pending, {}
         for future in pending.values():
             future.set_exception(error)
+        pipe.close()  # the connection is over: ssh and its pipes go now, not at close()
 
     def _send(self, op: str, *args: Any) -> Future[Any]:
         pipe = self._connect()
