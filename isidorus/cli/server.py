@@ -84,7 +84,11 @@ def serve(data_dir: str | None, listen: str, workers: int | None, scheduler: boo
     # throttling, pending logins) and nothing else
     app.state.db.close()
     os.environ[DATA_DIR_VARIABLE] = d
-    uvicorn.run("isidorus.web.app:app_from_environment", factory=True, workers=workers, **options)
+    from isidorus.web import workers as processes
+
+    status = processes.run(workers, addr, port, options)
+    if status:
+        raise SystemExit(status)
 
 
 def _start_scheduler(data_dir: str) -> None:
