@@ -3,7 +3,8 @@
 static file, under the same loopback load (wrk, 100 connections), in one run; and the same
 file behind nginx's auth_request to isidorus, as isidorus publishes a service.
 
-Usage: bench/web_bench.py [--duration 10] [--connections 100] [--runs 3] [--json FILE]
+Usage: bench/web_bench.py [--duration 10] [--connections 100] [--runs 3] [--threads 1]
+                          [--workers N] [--json FILE]
 Needs: wrk, nginx, and isidorus installed (scripts/bootstrap).
 """
 
@@ -73,9 +74,11 @@ def wait_for(port: int, proc: subprocess.Popen[bytes]) -> None:
     raise SystemExit(f"nothing listens on {port}")
 
 
-def wrk(url: str, headers: list[str], duration: int, connections: int) -> tuple[float, float]:
+def wrk(
+    url: str, headers: list[str], duration: int, connections: int, threads: int
+) -> tuple[float, float]:
     """Requests per second and p99 latency in milliseconds."""
-    cmd = ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", url]
+    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency", url]
     for header in headers:
         cmd[1:1] = ["-H", header]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
@@ -111,6 +114,11 @@ def main() -> None:
     ap.add_argument(
         "--workers", type=int, default=os.cpu_count() or 1,
         help="isidorus serve's processes (default: one per core, as serve starts)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--threads", type=int, default=1,
+        help="wrk's threads (default 1: one event loop drives every connection and leaves "
+        "the other core to the servers under test)",
     )  # fmt: skip
     ap.add_argument("--json", metavar="FILE")
     args = ap.parse_args()
@@ -178,7 +186,7 @@ def main() -> None:
         results: dict[str, list[tuple[float, float]]] = {k: [] for k in targets}
         for _ in range(args.runs):  # interleaved, so that noise hits every target alike
             for name, (url, c) in targets.items():
-                results[name].append(wrk(url, c, args.duration, args.connections))
+                results[name].append(wrk(url, c, args.duration, args.connections, args.threads))
     finally:
         for p in procs:
             p.terminate()
@@ -190,7 +198,8 @@ def main() -> None:
     }
     ref_rps, ref_p99 = med["nginx static file"]
     print(
-        f"wrk, {args.connections} connections, {args.duration} s, median of {args.runs} runs; "
+        f"wrk, {args.threads} thread(s), {args.connections} connections, {args.duration} s, "
+        f"median of {args.runs} runs; "
         f"isidorus serve --workers {args.workers}, nginx worker_processes 1"
     )
     print(f"{'target':26} {'req/s':>9} {'p99 ms':>8} {'req/s vs nginx':>15} {'p99 vs nginx':>13}")
@@ -199,7 +208,10 @@ def main() -> None:
     print(f"login (Argon2id), median of 10: {statistics.median(login_ms):.0f} ms")
     if args.json:
         Path(args.json).write_text(
-            json.dumps({"runs": results, "median": med, "login_ms": login_ms}, indent=1)
+            json.dumps(
+                {"args": vars(args), "runs": results, "median": med, "login_ms": login_ms},
+                indent=1,
+            )
         )
 
 
