@@ -34,8 +34,7 @@ from isidorus.web.api_operations import (
     HostJobs,
     accepted,
     busy,
-    clear_host_job,
-    host_job,
+    job_endpoints,
     start_host_job,
 )
 from isidorus.web.api_services import JobOut, Say
@@ -474,16 +473,4 @@ def repair_index(who: Auth, db: Db, all_jobs: HostJobs, response: Response) -> J
     return start(response, all_jobs, "repair-index", who.actor, work)
 
 
-# -- the job
-
-
-@router.get("/backups/job", responses=errors(404))
-def get_job(who: Auth, all_jobs: HostJobs) -> JobOut:
-    """The last job on the host's store started here: running, or how it ended."""
-    return host_job(all_jobs, BACKUPS)
-
-
-@router.delete("/backups/job", status_code=204, responses=errors(404, 409))
-def clear_job(who: Auth, all_jobs: HostJobs) -> None:
-    """Forget the last job on the host's store (refused while it runs)."""
-    clear_host_job(all_jobs, BACKUPS)
+job_endpoints(router, BACKUPS)

@@ -27,8 +27,7 @@ from isidorus.web.api_operations import (
     HostJobs,
     ScheduleOut,
     accepted,
-    clear_host_job,
-    host_job,
+    job_endpoints,
     start_host_job,
 )
 from isidorus.web.api_services import DataDir, JobOut, Say
@@ -40,10 +39,6 @@ router = APIRouter(prefix="/v1")
 def answers(**why: str) -> dict[int | str, dict[str, Any]]:
     """Error answers, by status (`e400="…"`), each with its reason."""
     return {int(k[1:]): {"model": ErrorBody, "description": v} for k, v in why.items()}
-
-
-NO_JOB = "No such job was started here."
-RUNS = "It runs: wait for its end."
 
 
 # -- every service's upgrade
@@ -91,21 +86,7 @@ def upgrade_all(
     return start_host_job(response, all_jobs, "upgrades", "upgrade-all", who.actor, work)
 
 
-@router.get("/services/upgrade/job", tags=["services"], responses=answers(e404=NO_JOB))
-def upgrade_all_job(who: Auth, all_jobs: HostJobs) -> JobOut:
-    """The last upgrade of every service started here: running, or how it ended."""
-    return host_job(all_jobs, "upgrades")
-
-
-@router.delete(
-    "/services/upgrade/job",
-    status_code=204,
-    tags=["services"],
-    responses=answers(e404=NO_JOB, e409=RUNS),
-)
-def clear_upgrade_all_job(who: Auth, all_jobs: HostJobs) -> None:
-    """Forget the last upgrade of every service (refused while it runs)."""
-    clear_host_job(all_jobs, "upgrades")
+job_endpoints(router, "upgrades")
 
 
 # -- the certificates' renewal
@@ -157,21 +138,7 @@ def renew_certificates(
     return start_host_job(response, all_jobs, "certificates", "renew", who.actor, work)
 
 
-@router.get("/services/certificates/job", tags=["services"], responses=answers(e404=NO_JOB))
-def renew_job(who: Auth, all_jobs: HostJobs) -> JobOut:
-    """The last renewal of the certificates started here: running, or how it ended."""
-    return host_job(all_jobs, "certificates")
-
-
-@router.delete(
-    "/services/certificates/job",
-    status_code=204,
-    tags=["services"],
-    responses=answers(e404=NO_JOB, e409=RUNS),
-)
-def clear_renew_job(who: Auth, all_jobs: HostJobs) -> None:
-    """Forget the last renewal of the certificates (refused while it runs)."""
-    clear_host_job(all_jobs, "certificates")
+job_endpoints(router, "certificates")
 
 
 # -- updates
@@ -219,19 +186,7 @@ def apply_updates(
     return start_host_job(response, all_jobs, "updates", "apply", who.actor, work)
 
 
-@router.get("/updates/job", tags=["operations"], responses=answers(e404=NO_JOB))
-def updates_job(who: Auth, all_jobs: HostJobs) -> JobOut:
-    """The last update started here: running, or how it ended."""
-    return host_job(all_jobs, "updates")
-
-
-@router.delete(
-    "/updates/job", status_code=204, tags=["operations"], responses=answers(e404=NO_JOB, e409=RUNS)
-)
-def clear_updates_job(who: Auth, all_jobs: HostJobs) -> None:
-    """Forget the last update started here (refused while it runs; its run stays in the
-    jobs history)."""
-    clear_host_job(all_jobs, "updates")
+job_endpoints(router, "updates")
 
 
 # -- the schedule, notifications, the directory

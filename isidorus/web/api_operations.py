@@ -34,11 +34,13 @@ NIGHTLY_URL = f"{PREFIX}/v1/nightly/job"
 
 @dataclass(frozen=True)
 class HostJob:
-    """One of the host's jobs, as the API tells it."""
+    """One of the host's jobs, as the API tells it (GET and DELETE at `url`)."""
 
     url: str  # where it is told
     what: str  # what it is, in a few words: "a nightly job"
     none: str  # why there is none to tell
+    tag: str = "operations"  # its endpoints' group in the OpenAPI document
+    kept: str = ""  # what stays once it is forgotten
 
 
 RUNS_URL = f"{PREFIX}/v1/runs"
@@ -47,26 +49,31 @@ HOST_JOBS = {
         NIGHTLY_URL,
         "a nightly job",
         f"no nightly job was started here: the jobs history is at {RUNS_URL}",
+        kept="its run stays in the jobs history",
     ),
     "backups": HostJob(
         f"{PREFIX}/v1/backups/job",
         "a job on the host's store",
         "no job on the host's store was started here",
+        tag="backups",
     ),
     "updates": HostJob(
         f"{PREFIX}/v1/updates/job",
         "an update",
         f"no update was started here: the jobs history is at {RUNS_URL}",
+        kept="its run stays in the jobs history",
     ),
     "upgrades": HostJob(
         f"{PREFIX}/v1/services/upgrade/job",
         "an upgrade of every service",
         "no upgrade of every service was started here",
+        tag="services",
     ),
     "certificates": HostJob(
         f"{PREFIX}/v1/services/certificates/job",
         "a renewal of the certificates",
         "no renewal of the certificates was started here",
+        tag="services",
     ),
 }
 
@@ -287,17 +294,41 @@ def nightly(who: Auth, db: Db, where: DataDir, all_jobs: HostJobs, response: Res
     return start_host_job(response, all_jobs, NIGHTLY, "nightly", who.actor, work)
 
 
-@router.get("/nightly/job", responses=_errors(404))
-def nightly_job(who: Auth, all_jobs: HostJobs) -> JobOut:
-    """The last nightly job started through the API: running, or how it ended."""
-    return host_job(all_jobs, NIGHTLY)
+def job_endpoints(on: APIRouter, name: str) -> None:
+    """GET and DELETE, on the router of the module that starts it, at the URL of the host's
+    job `name` (HOST_JOBS)."""
+    job = HOST_JOBS[name]
+    path = job.url.removeprefix(f"{PREFIX}/v1")
+    what = job.what.split(" ", 1)[1]  # "a nightly job" -> "nightly job"
+    missing = {"model": ErrorBody, "description": f"No {what} was started here."}
+    running = {"model": ErrorBody, "description": "It runs: wait for its end."}
+
+    def tell(who: Auth, all_jobs: HostJobs) -> JobOut:
+        return host_job(all_jobs, name)
+
+    def forget(who: Auth, all_jobs: HostJobs) -> None:
+        clear_host_job(all_jobs, name)
+
+    tell.__doc__ = f"The last {what} started here: running, or how it ended."
+    forget.__doc__ = (
+        f"Forget the last {what} (refused while it runs{'; ' if job.kept else ''}{job.kept})."
+    )
+    key = name.replace("-", "_")
+    on.add_api_route(
+        path, tell, methods=["GET"], tags=[job.tag], name=f"{key}_job", responses={404: missing}
+    )
+    on.add_api_route(
+        path,
+        forget,
+        methods=["DELETE"],
+        status_code=204,
+        tags=[job.tag],
+        name=f"clear_{key}_job",
+        responses={404: missing, 409: running},
+    )
 
 
-@router.delete("/nightly/job", status_code=204, responses=_errors(404, 409))
-def clear_nightly_job(who: Auth, all_jobs: HostJobs) -> None:
-    """Forget the last nightly job started through the API (refused while it runs; its
-    run stays in the jobs history)."""
-    clear_host_job(all_jobs, NIGHTLY)
+job_endpoints(router, NIGHTLY)
 
 
 # -- every job
