@@ -250,6 +250,7 @@ class StoreServer:
         entry = self.uploads.pop(handle, None)
         if entry is not None:
             entry[0].abort()
+            self.used -= entry[1][0]  # a dropped upload (a head start not needed) is free
 
     def close(self) -> None:
         for upload, _size in self.uploads.values():

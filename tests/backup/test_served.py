@@ -220,6 +220,19 @@ def test_quota_refuses_writes_past_it(tmp_path):
     b.close()
 
 
+def test_a_dropped_upload_does_not_count_against_the_quota(tmp_path):
+    b = make_served(tmp_path, "store", "--quota", "100K")
+    b.create()
+    name, data = blob("kept", 60_000)
+    for _ in range(3):  # a head start the copy did not need, three times over
+        up = b.upload()
+        up.write(data)
+        up.abort()
+    b.write("data", name, data)  # 60 KB of 100: only what is kept counts
+    assert b.exists("data", name)
+    b.close()
+
+
 def test_a_server_that_dies_mid_upload_leaves_nothing_and_says_so(tmp_path):
     b = make_served(tmp_path)
     b.create()
