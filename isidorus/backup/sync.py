@@ -197,7 +197,14 @@ class _Copier:
 
         def work(item: tuple[str, int]) -> int:
             started = self.head.take(item[0]) if self.head and kind == "data" else None
-            return copy_object(self.source, self.dest, kind, item[0], item[1], started)
+            if started is not None:
+                try:
+                    return copy_object(self.source, self.dest, kind, item[0], item[1], started)
+                except BackendError:
+                    # DEST refused what went ahead (the copy was not there yet): once more,
+                    # afresh; a link that is down fails that at once, and says so
+                    pass
+            return copy_object(self.source, self.dest, kind, item[0], item[1])
 
         def done(item: tuple[str, int], f: Future[int]) -> None:
             name, size = item

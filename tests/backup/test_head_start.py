@@ -3,6 +3,7 @@ its last complete sync) begin to cross before the sync has its lock and listing,
 wrong guess costs bytes, never a wrong copy."""
 
 import json
+import shutil
 import threading
 from pathlib import Path
 
@@ -183,3 +184,44 @@ def test_a_locked_copy_stops_the_sync_and_drops_what_went_ahead(source, tmp_path
     assert contents(dest) == before  # nothing of the new snapshot appeared
     r = copy_store(source.backend, dest, memo=memo)
     assert r.ok and contents(dest) == contents(source.backend)
+
+
+def test_a_copy_gone_from_the_home_is_made_again_despite_the_memo(source, tmp_path, monkeypatch):
+    """The home's owner removed the copy: what went ahead was refused there (no copy yet),
+    and the sync, which makes the copy again, sends those packs afresh instead of failing."""
+    from isidorus.backup.remote.served import ServedUpload
+
+    from .test_served import make_served
+
+    # the refusal arrives after the head start is over (on a far link it may): the sync
+    # takes the upload and only learns of it when it commits
+    monkeypatch.setattr(ServedUpload, "_check_early", lambda self: None)
+
+    taken = []
+    real_take = HeadStart.take
+
+    def take(self, name):
+        got = real_take(self, name)
+        taken.append(got is not None)
+        return got
+
+    monkeypatch.setattr(HeadStart, "take", take)
+
+    home = tmp_path / "home"
+    home.mkdir()
+    dest = make_served(home)
+    memo = CopyMemo(str(tmp_path / "cache"), dest.location)
+    copy_store(source.backend, dest, memo=memo)
+    dest.close()
+    grow(source, tmp_path)
+    shutil.rmtree(home / "store")
+    for _ in range(2):  # and again: the failure is not remembered
+        dest = make_served(home)
+        try:
+            r = copy_store(source.backend, dest, memo=memo)
+        finally:
+            dest.close()
+        assert r.ok and r.created
+        assert contents(LocalBackend(str(home / "store"))) == contents(source.backend)
+        shutil.rmtree(home / "store")
+    assert any(taken)  # something did go ahead
