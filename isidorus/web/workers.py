@@ -8,7 +8,8 @@ Why          on one socket shared by every process (uvicorn's own way), the proc
              addresses (within a few of 50/50 for 100).
 Failure      a process that stops stops the server, with the status of a failure, for its
              service manager (systemd, supervisor) to start it again whole; SIGTERM or
-             SIGINT stop every process the way uvicorn stops one (requests in progress end).
+             SIGINT stop every process the way uvicorn stops one (requests in progress end),
+             and so does the end of the first process, even killed outright.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 from multiprocessing.connection import wait
 from typing import Any
 
@@ -50,8 +52,19 @@ def _serve(sock: socket.socket, options: dict[str, Any]) -> None:
     """One process: uvicorn on its own socket, with the app built here."""
     import uvicorn
 
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=_end_with, args=(parent.sentinel,), daemon=True).start()
+
     config = uvicorn.Config("isidorus.web.app:app_from_environment", factory=True, **options)
     uvicorn.Server(config).run(sockets=[sock])
+
+
+def _end_with(parent: int) -> None:
+    """Stop this process as SIGTERM does once the first one is gone (killed outright, it
+    could not stop the others), instead of serving on alone."""
+    wait([parent])
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def run(workers: int, host: str, port: int, options: dict[str, Any]) -> int:

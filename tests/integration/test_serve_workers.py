@@ -105,3 +105,18 @@ def test_a_port_in_use_is_said_in_one_line(run, home):
     assert r.code != 0
     assert f"cannot listen on 127.0.0.1:{port}" in r.err and "--listen" in r.err
     assert "Traceback" not in r.err and len(r.err.strip().splitlines()) == 1
+
+
+def test_the_processes_go_with_a_server_killed_outright(run, home):
+    port = free_port()
+    web = run.popen("serve", "--data-dir", home, "--listen", f"127.0.0.1:{port}", "--workers", "2")
+    wait_for_port(port, web, "isidorus serve")
+    web.kill()  # SIGKILL: it cannot stop the others itself
+    web.wait(timeout=10)
+    listening = ["ss", "-Htln", f"( sport = :{port} )"]
+    for _ in range(100):
+        out = subprocess.run(listening, capture_output=True, text=True).stdout.strip()
+        if not out:
+            break
+        time.sleep(0.1)
+    assert out == "", "a server process serves on alone"
