@@ -36,6 +36,7 @@ from isidorus.backup.transfer import (
     replace_object,
     run_parallel,
 )
+from isidorus.units import human_bytes
 
 _ID = re.compile(rb'"id":\s*"([0-9a-f]{64})"')
 
@@ -60,6 +61,25 @@ class ScrubReport:
 
     def to_json(self) -> dict[str, Any]:
         return {"ok": self.ok, **{k: v for k, v in self.__dict__.items() if k != "store_id"}}
+
+    def lines(self) -> list[str]:
+        """One line for each object found wrong, repaired or not repaired."""
+        return [
+            *(f"damaged {p['object']}: {p['problem']}" for p in self.damaged),
+            *(f"missing {p['object']}: {p['problem']}" for p in self.missing),
+            *(f"repaired {obj}" for obj in self.repaired),
+            *(f"not repaired {p['object']}: {p['problem']}" for p in self.not_repaired),
+        ]
+
+    def summary(self, damaged: str = "damaged") -> str:
+        """The scrub in one line: intact, repaired or `damaged` (a terminal shouts it), and
+        how much was checked."""
+        found = len(self.damaged) + len(self.missing)
+        state = "intact" if not found else ("repaired" if self.ok else damaged)
+        return (
+            f"{state}: {self.objects_checked} objects ({human_bytes(self.bytes_checked)}) "
+            f"checked, {found} damaged or missing, {len(self.repaired)} repaired"
+        )
 
 
 def _check_config(backend: Backend, report: ScrubReport) -> dict[str, Any] | None:

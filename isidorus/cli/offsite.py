@@ -116,20 +116,9 @@ def scrub(store: str, repair_from: str | None, as_json: bool) -> int:
     if as_json:
         print_json(report.to_json())
         return 0 if report.ok else 1
-    for p in report.damaged:
-        click.echo(f"damaged {p['object']}: {p['problem']}")
-    for p in report.missing:
-        click.echo(f"missing {p['object']}: {p['problem']}")
-    for obj in report.repaired:
-        click.echo(f"repaired {obj}")
-    for p in report.not_repaired:
-        click.echo(f"not repaired {p['object']}: {p['problem']}")
-    found = len(report.damaged) + len(report.missing)
-    state = "intact" if not found else ("repaired" if report.ok else "DAMAGED")
-    click.echo(
-        f"{state}: {report.objects_checked} objects ({human_bytes(report.bytes_checked)}) "
-        f"checked, {found} damaged or missing, {len(report.repaired)} repaired"
-    )
+    for line in report.lines():
+        click.echo(line)
+    click.echo(report.summary(damaged="DAMAGED"))
     return 0 if report.ok else 1
 
 

@@ -417,22 +417,9 @@ def scrub_work(
 
     def work(say: Say) -> Done:
         report = ops.scrub(db, actor, location, repair_from, SaidProgress(say), conf)
-        for p in report.damaged:
-            say(f"damaged {p['object']}: {p['problem']}")
-        for p in report.missing:
-            say(f"missing {p['object']}: {p['problem']}")
-        for obj in report.repaired:
-            say(f"repaired {obj}")
-        for p in report.not_repaired:
-            say(f"not repaired {p['object']}: {p['problem']}")
-        found = len(report.damaged) + len(report.missing)
-        state = "intact" if not found else ("repaired" if report.ok else "damaged")
-        note = (
-            f"{state}: {report.objects_checked} objects "
-            f"({human_bytes(report.bytes_checked)}) checked, {found} damaged or missing, "
-            f"{len(report.repaired)} repaired"
-        )
-        return Done(note, report.to_json(), ok=report.ok)
+        for line in report.lines():
+            say(line)
+        return Done(report.summary(), report.to_json(), ok=report.ok)
 
     return work
 
