@@ -54,7 +54,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "cache_dir",
         _default_cache(),
-        "Where the local index caches of stores are kept (safe to delete).",
+        "Where the local index caches of stores, and what each off-site copy held after its "
+        "last sync, are kept (safe to delete).",
     ),
     Setting("backup_threads", 0, "Worker threads for backup and restore; 0 means one per core."),
     Setting(
