@@ -172,13 +172,23 @@ class Jobs:
 
     def get(self, service: str) -> Job | None:
         """The last job on `service`, None when there is none (or it was cleared)."""
+        job = self._read(service)
+        if job is not None and job.running and not self._locked(service):
+            # The job may have written its end and let go of its lock since the read:
+            # its file is final now, and only a job still "running" in it was cut short.
+            job = self._read(service)
+            if job is not None and job.running and not self._locked(service):
+                return dataclasses.replace(job, state="interrupted")
+        return job
+
+    def _read(self, service: str) -> Job | None:
         path = self._path(service, "json")
         try:
             with open(path, encoding="utf-8") as f:
                 doc: dict[str, Any] = json.load(f)
         except (FileNotFoundError, ValueError):
             return None
-        job = Job(
+        return Job(
             service=str(doc["service"]),
             action=str(doc["action"]),
             actor=str(doc.get("actor", "")),
@@ -189,9 +199,6 @@ class Jobs:
             finished=None if doc.get("finished") is None else float(doc["finished"]),
             result=doc["result"] if isinstance(doc.get("result"), dict) else None,
         )
-        if job.running and not self._locked(service):
-            return dataclasses.replace(job, state="interrupted")
-        return job
 
     def all(self) -> list[Job]:
         """The last job on each service, by service."""

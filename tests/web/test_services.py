@@ -461,6 +461,25 @@ def test_a_job_whose_process_stopped_is_interrupted(tmp_path):
     assert jobs.get("radicale").state == "interrupted"
 
 
+def test_a_job_that_ends_while_it_is_read_is_not_interrupted(tmp_path, monkeypatch):
+    jobs = Jobs(str(tmp_path))
+    go = threading.Event()
+    jobs.start("radicale", "sync", "admin", lambda say: str(go.wait(10)))
+    seen_running = jobs._read("radicale")
+    assert seen_running.running
+    go.set()
+    for _ in range(100):
+        if not jobs._locked("radicale"):
+            break
+        time.sleep(0.02)
+    # the read saw "running"; the job then wrote its end and let go of its lock
+    reads = iter([seen_running])
+    real_read = jobs._read
+    monkeypatch.setattr(jobs, "_read", lambda service: next(reads, None) or real_read(service))
+    job = jobs.get("radicale")
+    assert job.state == "done" and job.note == "True"
+
+
 def test_a_job_names_only_services(tmp_path):
     with pytest.raises(ValueError):
         Jobs(str(tmp_path)).get("../state")
