@@ -14,6 +14,7 @@ import traceback
 import click
 
 from isidorus import __version__
+from isidorus.cli.ending import leave
 from isidorus.cli.lazy import LazyGroup
 from isidorus.errors import IsidorusError
 
@@ -121,4 +122,4 @@ def run(argv: list[str] | None = None) -> None:
             "(set ISIDORUS_DEBUG=1 for details, and please report it)\n"
         )
         code = 70
-    sys.exit(code if isinstance(code, int) else 0)
+    leave(code if isinstance(code, int) else 0)

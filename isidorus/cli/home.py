@@ -11,6 +11,7 @@ from typing import TextIO
 import click
 
 from isidorus.backup.serve import ServeOptions
+from isidorus.cli.ending import end_quickly
 from isidorus.cli.options import json_option
 from isidorus.cli.output import print_json
 from isidorus.errors import UsageError
@@ -46,6 +47,7 @@ def serve(stdio: bool, path: str, append_only: bool, quota: str | None, removal_
             removal_delay=parse_delay(removal_delay),
         )
     )
+    end_quickly()  # the copy is closed: ssh ends the session as soon as this process does
 
 
 @click.group()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from isidorus import settings
+from isidorus.cli.ending import end_quickly
 from isidorus.cli.options import json_option, resolve_store
 from isidorus.cli.output import TerminalProgress, passphrase_source, print_json, warn
 from isidorus.ops import remotes, stores
@@ -91,6 +92,7 @@ def sync(
             "`isidorus backup scrub SOURCE --repair-from DEST`",
             err=True,
         )
+    end_quickly()  # the copy is closed and its memo written: nothing is left for the exit
     return 0 if r.ok else 1
 
 
