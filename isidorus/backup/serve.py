@@ -101,7 +101,7 @@ class StoreServer:
 
     def __init__(self, options: ServeOptions, store_dir: str) -> None:
         self.options = options
-        self.backend = LocalBackend(store_dir)
+        self.backend = LocalBackend(store_dir, write_behind=True)
         self.queue = RemovalQueue(store_dir) if options.append_only else None
         self.used = disk_usage(options.root) if options.quota else 0
         self.uploads: dict[int, tuple[LocalUpload, list[int]]] = {}

@@ -211,6 +211,35 @@ def test_local_write_is_synced_before_it_is_visible(local, monkeypatch):
     assert events[8] == ("fsync", os.path.join(local.root, "data", streamed[:2]))
 
 
+@pytest.mark.parametrize("write_behind", [True, False])
+def test_local_upload_writes_behind_only_when_asked(tmp_path, monkeypatch, write_behind):
+    backend = LocalBackend(str(tmp_path / "store"), write_behind=write_behind)
+    backend.create()
+    asked = []
+    real = os.posix_fadvise
+
+    def fadvise(fd, offset, length, advice):
+        asked.append((offset, length, advice))
+        return real(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "posix_fadvise", fadvise)
+    data = os.urandom(3 * (1 << 20) + 1234)
+    up = backend.upload()
+    for i in range(0, len(data), 300_000):
+        up.write(data[i : i + 300_000])
+    name = conformance.content_name(data)
+    up.commit("data", name)
+    assert backend.read("data", name) == data
+    if write_behind:
+        # every MiB or so is handed to the kernel once, in order, from the start; the
+        # last 0.7 MiB are left to the fsync of the commit
+        assert asked == [(0, 1_200_000, os.POSIX_FADV_DONTNEED)] + [
+            (1_200_000, 1_200_000, os.POSIX_FADV_DONTNEED)
+        ]
+    else:
+        assert asked == []
+
+
 def test_local_create_syncs_the_folders_it_fills(tmp_path, monkeypatch):
     synced = []
     real_fsync = os.fsync
