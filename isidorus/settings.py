@@ -150,6 +150,12 @@ SETTINGS: tuple[Setting, ...] = (
         "against (a private CA); empty: the system's.",
     ),
     Setting(
+        "serve_cpu_affinity",
+        True,
+        "`isidorus serve` keeps each of its processes to a CPU of its own when it runs one per "
+        "CPU or more (steadier latency); false lets the kernel move them.",
+    ),
+    Setting(
         "services_auth_url",
         "http://127.0.0.1:8080/auth/check",
         "Where nginx asks isidorus about each request to a service (isidorus serve's /auth/check).",
@@ -233,20 +239,35 @@ def load(
     env = os.environ if environ is None else environ
     path = config_file or config_path(env)
     values = {s.name: s.default for s in SETTINGS}
-    for _f, doc in documents(path):
+    for f, doc in documents(path):
         for k, v in doc.items():
             if k in values:
+                if isinstance(values[k], bool) and not isinstance(v, bool):
+                    raise UsageError(f"{k} in {f} is {v!r}: write true or false (no quotes)")
                 values[k] = v
     for s in SETTINGS:
         raw = env.get(s.env_name)
         if raw is not None:
             try:
-                values[s.name] = type(s.default)(raw)
+                values[s.name] = _from_environment(s.default, raw)
             except ValueError:
                 raise UsageError(
                     f"ISIDORUS_{s.name.upper()}={raw!r} is not a valid {type(s.default).__name__}"
                 ) from None
     return values
+
+
+_BOOLEANS = {"1": True, "true": True, "yes": True, "on": True}
+_BOOLEANS.update({"0": False, "false": False, "no": False, "off": False})
+
+
+def _from_environment(default: Any, raw: str) -> Any:
+    if isinstance(default, bool):
+        word = raw.strip().lower()
+        if word not in _BOOLEANS:
+            raise ValueError(raw)
+        return _BOOLEANS[word]
+    return type(default)(raw)
 
 
 @dataclass(frozen=True)

@@ -161,7 +161,7 @@ def test_every_update_command_has_help_and_docs(name, cmd):
 @pytest.mark.parametrize("setting", SETTINGS, ids=[s.name for s in SETTINGS])
 def test_every_setting_is_documented(setting):
     assert setting.help
-    docs = GUIDE + ACCOUNTS_GUIDE + SERVICES_GUIDE + UPDATES_GUIDE
+    docs = GUIDE + ACCOUNTS_GUIDE + SERVICES_GUIDE + UPDATES_GUIDE + SERVER_GUIDE
     assert f"`{setting.name}`" in docs or setting.env_name in docs
     assert setting.env_name in docs
 

@@ -39,11 +39,22 @@ def _listen(value: str) -> tuple[str, int]:
     help="Server processes (default: one per CPU).",
 )
 @click.option(
+    "--cpu-affinity/--no-cpu-affinity",
+    default=None,
+    help="Keep each process to a CPU of its own (default: the serve_cpu_affinity setting).",
+)
+@click.option(
     "--scheduler",
     is_flag=True,
     help="Also run the nightly job at [nightly] time (hosts without systemd's timer).",
 )
-def serve(data_dir: str | None, listen: str, workers: int | None, scheduler: bool) -> None:
+def serve(
+    data_dir: str | None,
+    listen: str,
+    workers: int | None,
+    cpu_affinity: bool | None,
+    scheduler: bool,
+) -> None:
     """Run the web server; a host not yet initialised is set up first. With --scheduler
     it also runs the nightly job every night, as `isidorus schedule run` does."""
     import uvicorn  # only this command needs the server
@@ -86,7 +97,11 @@ def serve(data_dir: str | None, listen: str, workers: int | None, scheduler: boo
     os.environ[DATA_DIR_VARIABLE] = d
     from isidorus.web import workers as processes
 
-    status = processes.run(workers, addr, port, options)
+    if cpu_affinity is None:
+        from isidorus import settings
+
+        cpu_affinity = bool(settings.load()["serve_cpu_affinity"])
+    status = processes.run(workers, addr, port, options, pin=cpu_affinity)
     if status:
         raise SystemExit(status)
 

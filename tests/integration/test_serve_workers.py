@@ -4,6 +4,7 @@ failure for its service manager, and SIGTERM stops it cleanly."""
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -35,6 +36,20 @@ def connections_by_process(port: int) -> dict[int, int]:
     return counts
 
 
+def listening_processes(port: int, server: int) -> set[int]:
+    """The processes listening on `port`, but the first one (`server`), once there are 2."""
+    found: set[int] = set()
+    for _ in range(50):
+        out = subprocess.run(
+            ["ss", "-Htlnp", f"( sport = :{port} )"], capture_output=True, text=True
+        ).stdout
+        found = {int(p.split(",", 1)[0]) for p in out.split("pid=")[1:]} - {server}
+        if len(found) == 2:
+            break
+        time.sleep(0.1)
+    return found
+
+
 def test_a_burst_of_connections_is_shared_out(run, home):
     port = free_port()
     web = run.popen("serve", "--data-dir", home, "--listen", f"127.0.0.1:{port}", "--workers", "2")
@@ -61,15 +76,7 @@ def test_a_process_that_dies_stops_the_server_with_a_failure(run, home):
     port = free_port()
     web = run.popen("serve", "--data-dir", home, "--listen", f"127.0.0.1:{port}", "--workers", "2")
     wait_for_port(port, web, "isidorus serve")
-    listening: set[int] = set()
-    for _ in range(50):
-        out = subprocess.run(
-            ["ss", "-Htlnp", f"( sport = :{port} )"], capture_output=True, text=True
-        ).stdout
-        listening = {int(p.split(",", 1)[0]) for p in out.split("pid=")[1:]} - {web.pid}
-        if len(listening) == 2:
-            break
-        time.sleep(0.1)
+    listening = listening_processes(port, web.pid)
     assert len(listening) == 2, listening
     victim = sorted(listening)[0]
     subprocess.run(["kill", "-9", str(victim)], check=True)
@@ -83,6 +90,40 @@ def test_a_process_that_dies_stops_the_server_with_a_failure(run, home):
     assert "a server process stopped (exit status -9): stopping the server" in err
     out = subprocess.run(["ss", "-Htln", f"( sport = :{port} )"], capture_output=True, text=True)
     assert out.stdout.strip() == ""  # the other process went with it
+
+
+@pytest.mark.parametrize("flag", [None, "--no-cpu-affinity", "setting off"])
+def test_each_process_keeps_to_a_cpu_of_its_own(run, home, flag):
+    port = free_port()
+    args = ["serve", "--data-dir", home, "--listen", f"127.0.0.1:{port}", "--workers", "2"]
+    env = {}
+    if flag == "setting off":
+        env["ISIDORUS_SERVE_CPU_AFFINITY"] = "false"
+    elif flag:
+        args.append(flag)
+    web = run.popen(*args, env=env)
+    held = []
+    try:
+        wait_for_port(port, web, "isidorus serve")
+        for _ in range(40):  # answered by both: each process is past its start
+            held.append(socket.create_connection(("127.0.0.1", port)))
+        for s in held:
+            s.sendall(b"GET /auth/check HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert s.recv(4096).startswith(b"HTTP/1.1 401")
+        workers = set(connections_by_process(port))
+        assert len(workers) == 2 and web.pid not in workers, workers
+        mine = sorted(os.sched_getaffinity(0))
+        assert len(mine) >= 2, "this machine gives the tests a single CPU"
+        placed = [os.sched_getaffinity(pid) for pid in sorted(workers)]
+        if flag is None:
+            # the first two CPUs, one each, whichever process got which
+            assert sorted(placed, key=min) == [{mine[0]}, {mine[1]}]
+        else:
+            assert placed == [set(mine), set(mine)]
+    finally:
+        for s in held:
+            s.close()
+        stop([web])
 
 
 def test_sigterm_stops_every_process(run, home):

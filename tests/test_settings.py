@@ -1,0 +1,40 @@
+"""Where settings come from: defaults, the configuration files, then the environment."""
+
+import pytest
+
+from isidorus import settings
+from isidorus.errors import UsageError
+
+
+@pytest.mark.parametrize(
+    ("raw", "value"),
+    [("0", False), ("false", False), ("No", False), ("off", False), ("1", True), (" yes", True)],
+)
+def test_a_true_or_false_setting_from_the_environment(tmp_path, raw, value):
+    env = {"ISIDORUS_CONFIG": str(tmp_path / "none.toml"), "ISIDORUS_SERVE_CPU_AFFINITY": raw}
+    assert settings.load(environ=env)["serve_cpu_affinity"] is value
+
+
+def test_a_bad_true_or_false_is_a_one_line_error(tmp_path):
+    env = {"ISIDORUS_CONFIG": str(tmp_path / "none.toml"), "ISIDORUS_SERVE_CPU_AFFINITY": "maybe"}
+    with pytest.raises(UsageError, match="ISIDORUS_SERVE_CPU_AFFINITY='maybe' is not a valid bool"):
+        settings.load(environ=env)
+    config = tmp_path / "isidorus.toml"
+    config.write_text('serve_cpu_affinity = "false"\n')  # a string, which Python finds true
+    with pytest.raises(UsageError, match="write true or false"):
+        settings.load(environ={"ISIDORUS_CONFIG": str(config)})
+    config.write_text("serve_cpu_affinity = false\n")
+    assert settings.load(environ={"ISIDORUS_CONFIG": str(config)})["serve_cpu_affinity"] is False
+
+
+def test_the_environment_wins_over_the_files(tmp_path):
+    config = tmp_path / "isidorus.toml"
+    config.write_text("backup_threads = 3\nserve_cpu_affinity = false\n")
+    (tmp_path / "isidorus.toml.d").mkdir()
+    (tmp_path / "isidorus.toml.d" / "10-more.toml").write_text("backup_threads = 5\n")
+    env = {"ISIDORUS_CONFIG": str(config)}
+    assert settings.load(environ=env)["backup_threads"] == 5
+    env["ISIDORUS_BACKUP_THREADS"] = "7"
+    env["ISIDORUS_SERVE_CPU_AFFINITY"] = "on"
+    found = settings.load(environ=env)
+    assert found["backup_threads"] == 7 and found["serve_cpu_affinity"] is True
