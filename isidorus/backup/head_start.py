@@ -42,26 +42,37 @@ class HeadStart:
         self.guess = guess
         self.budget = budget
         self.started: dict[str, Started] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
+        self._sending: str | None = None  # the pack the thread writes now
+        self._claimed: set[str] = set()  # packs the sync copies itself: the thread stops there
         self._thread = threading.Thread(target=self._run, name="head-start", daemon=True)
 
     def start(self) -> HeadStart:
         if self.guess:
+            self._sending = self.guess[0][0]  # from now: a take() of it waits for it
             self._thread.start()
         return self
 
     def _run(self) -> None:
+        try:
+            self._send()
+        finally:
+            with self._lock:
+                self._sending = None
+                self._lock.notify_all()
+
+    def _send(self) -> None:
         left = self.budget
         for name, size in self.guess:
-            if left <= 0:
-                return
+            with self._lock:
+                if left <= 0 or name in self._claimed:
+                    return  # the budget is spent, or the sync has caught up
+                self._sending = name
             try:
                 upload = self.dest.upload()
             except (BackendError, OSError):
                 return  # the sync meets the same failure and says it
             started = Started(upload, hashlib.sha256(), 0)
-            with self._lock:
-                self.started[name] = started
             try:
                 while started.offset < size and left > 0:
                     n = min(PIECE, size - started.offset, left)
@@ -72,18 +83,23 @@ class HeadStart:
                     left -= n
             except (BackendError, OSError):
                 # gone from SOURCE, or the link failed: the sync sees to it on its own
-                with self._lock:
-                    self.started.pop(name, None)
                 with contextlib.suppress(BackendError, OSError):
                     upload.abort()
                 return
+            with self._lock:
+                self.started[name] = started
+                self._sending = None
+                self._lock.notify_all()
 
     def take(self, name: str) -> Started | None:
         """The upload begun for `name`, to be carried on from its offset; None when there
-        is none (or it failed: the sync then sends the pack from its start)."""
-        if self._thread.ident is not None:
-            self._thread.join()
+        is none (or it failed: the sync then sends the pack from its start). Waits only
+        while the thread writes `name` itself: the sync's other uploads start at once,
+        and the thread sends nothing the sync has asked for."""
         with self._lock:
+            while self._sending == name:
+                self._lock.wait()
+            self._claimed.add(name)
             return self.started.pop(name, None)
 
     def close(self) -> None:

@@ -171,6 +171,50 @@ def test_a_small_budget_starts_only_the_first_pack_in_part(source, tmp_path, mon
     assert tmp_files(dest) == []
 
 
+def test_the_sync_takes_other_packs_without_waiting_and_the_head_start_leaves_them(
+    source, tmp_path
+):
+    dest = LocalBackend(str(tmp_path / "home"))
+    memo = CopyMemo(str(tmp_path / "cache"), dest.location)
+    copy_store(source.backend, dest, memo=memo)
+    grow(source, tmp_path)
+    guess = sorted(source.backend.list("data"))  # what it holds or not: only the order counts
+    assert len(guess) >= 2
+    link = threading.Event()  # the first pack's bytes wait on a slow link
+    opened = []
+
+    class SlowLink(Counting):
+        def upload(self):
+            opened.append(1)
+            up = super().upload()
+            real_write = up.write
+
+            def write(data):
+                assert link.wait(10)
+                real_write(data)
+
+            up.write = write
+            return up
+
+    head = HeadStart(source.backend, SlowLink(dest), guess).start()
+    try:
+        # the head start is stuck on the first pack: the second is the sync's at once
+        assert head.take(guess[1][0]) is None
+        taking_first = []
+        waiter = threading.Thread(target=lambda: taking_first.append(head.take(guess[0][0])))
+        waiter.start()
+        waiter.join(0.2)
+        assert waiter.is_alive()  # the first pack is the head start's: its take waits
+    finally:
+        link.set()
+    waiter.join(10)
+    assert taking_first[0] is not None and taking_first[0].offset == guess[0][1]
+    head.close()
+    assert opened == [1]  # it stopped at the pack the sync had taken
+    taking_first[0].upload.abort()
+    assert tmp_files(dest) == []
+
+
 def test_a_locked_copy_stops_the_sync_and_drops_what_went_ahead(source, tmp_path):
     dest = LocalBackend(str(tmp_path / "home"))
     memo = CopyMemo(str(tmp_path / "cache"), dest.location)
