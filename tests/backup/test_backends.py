@@ -300,6 +300,21 @@ def test_local_clean_tmp_and_list_skip_leftovers(local):
     assert local.read("index", conformance.content_name(data)) == data
 
 
+def test_local_list_skips_an_object_removed_while_it_lists(local, monkeypatch):
+    names = [conformance.content_name(b"one"), conformance.content_name(b"two")]
+    for name, data in zip(names, (b"one", b"two"), strict=True):
+        local.write("snapshots", name, data)
+    real_scandir = os.scandir
+
+    def scandir(path):
+        entries = list(real_scandir(path))
+        os.unlink(os.path.join(path, names[0]))  # a prune, between the folder and the stat
+        return iter(entries)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    assert list(local.list("snapshots")) == [(names[1], 3)]
+
+
 def test_local_read_range_of_a_truncated_object(local):
     data = os.urandom(1000)
     name = conformance.content_name(data)

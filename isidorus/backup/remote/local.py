@@ -291,8 +291,15 @@ class LocalBackend:
             except OSError as exc:
                 raise _translate(exc, d) from exc
             for e in entries:
-                if not e.name.startswith("."):
-                    yield e.name, e.stat(follow_symlinks=False).st_size
+                if e.name.startswith("."):
+                    continue
+                try:
+                    size = e.stat(follow_symlinks=False).st_size
+                except FileNotFoundError:
+                    continue  # removed since the folder was read (a prune, a gc): as if before
+                except OSError as exc:
+                    raise _translate(exc, f"{kind}/{e.name}") from exc
+                yield e.name, size
 
     def close(self) -> None:
         with self._fd_lock:
