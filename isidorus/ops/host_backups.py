@@ -19,7 +19,9 @@ store or to the remotes is, in the transaction that follows it.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from isidorus.backup.gc import GcOptions, GcResult
@@ -29,11 +31,11 @@ from isidorus.backup.repair import RepairResult
 from isidorus.backup.scrub import ScrubReport
 from isidorus.backup.sync import SyncOptions, SyncResult
 from isidorus.backup.verify import RepairReport, VerifyOptions
-from isidorus.errors import IsidorusError, UsageError
-from isidorus.ops import backups, offsite, remotes
+from isidorus.errors import IsidorusError, UsageError, one_line
+from isidorus.ops import backups, offsite, remotes, runs
 from isidorus.ops.accounts import audit
 from isidorus.ops.backups import StoreRef
-from isidorus.ops.nightly import TAG
+from isidorus.ops.nightly import TAG, sync_detail, sync_failure
 from isidorus.ops.service_backups import store_ref
 from isidorus.settings import Remote
 from isidorus.state.db import Database
@@ -183,8 +185,28 @@ def remove_remote(db: Database, actor: str, config_file: str, name: str) -> Remo
 def sync(db: Database, actor: str, ref: StoreRef, remote: Remote, progress: Progress) -> SyncResult:
     """Copy the host's store to the remote as the nightly job does: the snapshots it
     lacks, then what the store no longer has removed there. Run it again after an
-    interruption to carry on."""
-    result = offsite.sync(ref, remote.url, SyncOptions(), progress)
+    interruption to carry on. The copy is kept in the jobs' history, a run of its own
+    (kind "copy") with its one step, as the nightly job keeps its copies: `doctor` and
+    the status page count it among the copies made."""
+    record = runs.Recorder(db, lambda line: None)
+    record.run_id = runs.begin(db, "copy")
+    step = runs.Step("sync", remote.name, "ok", datetime.now(UTC))
+    began = time.monotonic()
+    record.note(f"copying to {remote.name} ({remote.url})")
+    try:
+        result = offsite.sync(ref, remote.url, SyncOptions(), progress)
+    except BaseException as exc:
+        step.status, step.error = "failed", one_line(exc)
+        raise
+    else:
+        step.bytes, step.detail = result.bytes_sent, sync_detail(remote.url, result)
+        if not result.ok:
+            step.status, step.error = "failed", sync_failure(result)
+    finally:
+        step.seconds = time.monotonic() - began
+        record.note(f"sync {remote.name}: {step.error or 'done'}")
+        runs.add_step(db, record.run_id, step, record.log)
+        runs.finish(db, record.run_id, step.status, record.log)
     with db.write() as conn:
         what = f"{result.snapshots_copied} snapshots copied, {result.bytes_sent} bytes sent"
         audit(conn, actor, "backup.sync", remote.name, what)

@@ -40,7 +40,7 @@ from typing import Any
 from isidorus.backup.archiver import BackupOptions
 from isidorus.backup.gc import GcOptions
 from isidorus.backup.progress import NullProgress
-from isidorus.backup.sync import SyncOptions
+from isidorus.backup.sync import SyncOptions, SyncResult
 from isidorus.backup.verify import VerifyOptions
 from isidorus.errors import IsidorusError
 from isidorus.ops import runs
@@ -344,17 +344,25 @@ def _sync(night: Night, ref: StoreRef) -> None:
             night.tell(f"copying to {name} ({remote.url})")
             result = sync(ref, remote.url, SyncOptions(), NullProgress())
             step.bytes = result.bytes_sent
-            step.detail = {
-                "url": remote.url,
-                "snapshots_copied": result.snapshots_copied,
-                "packs_sent": result.packs_sent,
-                "bytes_sent": result.bytes_sent,
-                "removals_queued": result.removals_queued,
-            }
+            step.detail = sync_detail(remote.url, result)
             if not result.ok:
-                raise StepFailed(
-                    result.held_back or f"{len(result.damaged)} damaged objects were not copied"
-                )
+                raise StepFailed(sync_failure(result))
+
+
+def sync_detail(url: str, result: SyncResult) -> dict[str, Any]:
+    """The figures a sync step keeps in the history."""
+    return {
+        "url": url,
+        "snapshots_copied": result.snapshots_copied,
+        "packs_sent": result.packs_sent,
+        "bytes_sent": result.bytes_sent,
+        "removals_queued": result.removals_queued,
+    }
+
+
+def sync_failure(result: SyncResult) -> str:
+    """Why a sync that ended is a failure (not `result.ok`)."""
+    return result.held_back or f"{len(result.damaged)} damaged objects were not copied"
 
 
 def _verify(night: Night, ref: StoreRef) -> None:

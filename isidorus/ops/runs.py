@@ -23,7 +23,7 @@ from isidorus.errors import IsidorusError, NotFoundError, UsageError, one_line
 from isidorus.state.db import Database
 from isidorus.state.schema import run_steps, runs
 
-KINDS = ("nightly", "update")
+KINDS = ("nightly", "update", "copy")  # copy: a copy to a remote asked for by hand
 RUN_STATES = ("running", "ok", "failed", "interrupted")
 STEP_STATES = ("ok", "failed", "skipped")
 

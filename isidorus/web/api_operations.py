@@ -165,7 +165,7 @@ class StepOut(BaseModel):
 
 class RunOut(BaseModel):
     id: int
-    kind: str = Field(description="nightly or update.")
+    kind: str = Field(description="nightly, update or copy.")
     status: str = Field(description="running, ok, failed or interrupted.")
     started_at: datetime
     finished_at: datetime | None
@@ -180,7 +180,9 @@ class RunLogOut(RunOut):
 
 
 class RunsQuery(Strict):  # an unknown parameter (a typo) is refused, not ignored
-    kind: Literal["nightly", "update"] | None = Field(None, description="Only runs of this kind.")
+    kind: Literal["nightly", "update", "copy"] | None = Field(
+        None, description="Only runs of this kind."
+    )
     limit: int = Field(20, ge=1, le=1000, description="How many runs, latest first.")
 
 

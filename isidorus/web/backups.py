@@ -75,7 +75,11 @@ def status_word(status: str) -> str:
 
 
 def kind_word(kind: str) -> str:
-    words = {"nightly": pgettext("job", "nightly"), "update": pgettext("job", "update")}
+    words = {
+        "nightly": pgettext("job", "nightly"),
+        "update": pgettext("job", "update"),
+        "copy": pgettext("job", "copy"),
+    }
     return words.get(kind, kind)
 
 

@@ -20,6 +20,7 @@ from isidorus.backup.remote.local import LocalBackend
 from isidorus.backup.testing import CHEAP_KDF
 from isidorus.ops import accounts as ops
 from isidorus.ops import backups as ops_backups
+from isidorus.ops import monitoring, runs
 from isidorus.ops import tokens as ops_tokens
 from isidorus.ops.backups import StoreRef, create_backup, init_store
 from isidorus.state.schema import users
@@ -433,6 +434,19 @@ def test_the_remotes(api, db, world):
     assert ("api:ci", "backup.remote.remove", "anna") in rows
 
 
+def test_a_copy_that_fails_is_in_the_history_as_failed(api, db, world, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    bad = {"name": "marc", "url": str(blocker / "copy")}
+    assert api.post(f"{V1}/backups/remotes", json=bad).status_code == 201
+    job = finished(api, api.post(f"{V1}/backups/remotes/marc/sync"))
+    assert job["state"] == "failed"
+    [copy] = runs.list_runs(db, kind="copy")
+    assert copy.status == "failed" and copy.steps[0].status == "failed"
+    assert copy.steps[0].error == job["note"]
+    assert monitoring.last_offsite_copy(db) is None
+
+
 def test_a_copy_to_a_remote_and_a_check_of_it(api, db, world):
     assert_error(api.post(f"{V1}/backups/remotes/anna/sync"), 404, "no remote 'anna'")
     add_anna(api, world)
@@ -442,6 +456,14 @@ def test_a_copy_to_a_remote_and_a_check_of_it(api, db, world):
     assert job["lines"][0] == f"copying to anna ({world.copy})"
     assert world.snapshots(world.copy) == [world.first.id, world.second.id]
     assert ("api:ci", "backup.sync", "anna") in audit_rows(db)
+    # in the jobs' history, where doctor and the status page look for the copies made
+    assert monitoring.last_offsite_copy(db) is not None
+    [copy] = runs.list_runs(db, kind="copy")
+    assert copy.status == "ok" and [(s.step, s.target, s.status) for s in copy.steps] == [
+        ("sync", "anna", "ok")
+    ]
+    assert copy.steps[0].bytes == job["result"]["bytes_sent"] > 0
+    assert copy.steps[0].detail["snapshots_copied"] == 2
     again = finished(api, api.post(f"{V1}/backups/remotes/anna/sync"))
     assert again["result"]["snapshots_copied"] == 0
 
