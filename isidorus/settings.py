@@ -257,8 +257,9 @@ def load(
     return values
 
 
-_BOOLEANS = {"1": True, "true": True, "yes": True, "on": True}
-_BOOLEANS.update({"0": False, "false": False, "no": False, "off": False})
+_BOOLEANS = dict.fromkeys(("1", "true", "yes", "on"), True) | dict.fromkeys(
+    ("0", "false", "no", "off"), False
+)
 
 
 def _from_environment(default: Any, raw: str) -> Any:

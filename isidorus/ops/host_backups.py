@@ -19,9 +19,7 @@ store or to the remotes is, in the transaction that follows it.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 from isidorus.backup.gc import GcOptions, GcResult
@@ -31,7 +29,7 @@ from isidorus.backup.repair import RepairResult
 from isidorus.backup.scrub import ScrubReport
 from isidorus.backup.sync import SyncOptions, SyncResult
 from isidorus.backup.verify import RepairReport, VerifyOptions
-from isidorus.errors import IsidorusError, UsageError, one_line
+from isidorus.errors import IsidorusError, UsageError
 from isidorus.ops import backups, offsite, remotes, runs
 from isidorus.ops.accounts import audit
 from isidorus.ops.backups import StoreRef
@@ -190,23 +188,17 @@ def sync(db: Database, actor: str, ref: StoreRef, remote: Remote, progress: Prog
     the status page count it among the copies made."""
     record = runs.Recorder(db, lambda line: None)
     record.run_id = runs.begin(db, "copy")
-    step = runs.Step("sync", remote.name, "ok", datetime.now(UTC))
-    began = time.monotonic()
-    record.note(f"copying to {remote.name} ({remote.url})")
+    result: SyncResult | None = None
     try:
-        result = offsite.sync(ref, remote.url, SyncOptions(), progress)
-    except BaseException as exc:
-        step.status, step.error = "failed", one_line(exc)
-        raise
-    else:
-        step.bytes, step.detail = result.bytes_sent, sync_detail(remote.url, result)
-        if not result.ok:
-            step.status, step.error = "failed", sync_failure(result)
+        with record.step("sync", remote.name, reraise=True) as step:
+            record.note(f"copying to {remote.name} ({remote.url})")
+            result = offsite.sync(ref, remote.url, SyncOptions(), progress)
+            step.bytes, step.detail = result.bytes_sent, sync_detail(remote.url, result)
+            if not result.ok:
+                step.status, step.error = "failed", sync_failure(result)
     finally:
-        step.seconds = time.monotonic() - began
-        record.note(f"sync {remote.name}: {step.error or 'done'}")
-        runs.add_step(db, record.run_id, step, record.log)
-        runs.finish(db, record.run_id, step.status, record.log)
+        ok = result is not None and result.ok
+        runs.finish(db, record.run_id, "ok" if ok else "failed", record.log)
     with db.write() as conn:
         what = f"{result.snapshots_copied} snapshots copied, {result.bytes_sent} bytes sent"
         audit(conn, actor, "backup.sync", remote.name, what)

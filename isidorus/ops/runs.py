@@ -117,20 +117,25 @@ class Recorder:
         return "".join(line + "\n" for line in self.lines)
 
     @contextlib.contextmanager
-    def step(self, step: str, target: str = "") -> Iterator[Step]:
+    def step(self, step: str, target: str = "", *, reraise: bool = False) -> Iterator[Step]:
         """Time a step and record it. The body fills the step's figures (and may set its
-        status to "skipped"); an expected error (IsidorusError, OSError, StepFailed) marks
-        it failed, is told, and goes no further: the run goes on."""
+        status to "skipped" or "failed"); an expected error (IsidorusError, OSError,
+        StepFailed) marks it failed, is told, and goes no further, the run going on, or,
+        with `reraise`, is raised again once the step is recorded."""
         record = Step(step=step, target=target, status="ok", started_at=datetime.now(UTC))
         began = time.monotonic()
+        failure: BaseException | None = None
         try:
             yield record
         except (IsidorusError, OSError, StepFailed) as exc:
             record.status = "failed"
             record.error = one_line(exc)
             self.tell(f"{step} {target}: failed: {record.error}".replace("  ", " "))
+            failure = exc
         record.seconds = time.monotonic() - began
         add_step(self.db, self.run_id, record, self.log)
+        if reraise and failure is not None:
+            raise failure
 
 
 def _iso(when: datetime) -> str:

@@ -173,13 +173,17 @@ class Jobs:
     def get(self, service: str) -> Job | None:
         """The last job on `service`, None when there is none (or it was cleared)."""
         job = self._read(service)
-        if job is not None and job.running and not self._locked(service):
-            # The job may have written its end and let go of its lock since the read:
-            # its file is final now, and only a job still "running" in it was cut short.
+        if self._orphan(job):
+            # it may have written its end and let go of its lock since the read: its file
+            # is final now, and a job still "running" there was cut short
             job = self._read(service)
-            if job is not None and job.running and not self._locked(service):
+            if job is not None and self._orphan(job):
                 return dataclasses.replace(job, state="interrupted")
         return job
+
+    def _orphan(self, job: Job | None) -> bool:
+        """A job said to run that nobody holds the lock of."""
+        return job is not None and job.running and not self._locked(job.service)
 
     def _read(self, service: str) -> Job | None:
         path = self._path(service, "json")
