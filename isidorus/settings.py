@@ -8,18 +8,18 @@ settings: it is handed values.
 
 from __future__ import annotations
 
-import glob
 import os
-import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from isidorus.errors import UsageError
 
 
-@dataclass(frozen=True)
-class Setting:
+# NamedTuples rather than dataclasses, and tomllib only once a file is there: this module
+# is read before a sync to a home starts ssh (cli/early.py), where milliseconds count
+
+
+class Setting(NamedTuple):
     name: str
     default: Any
     help: str
@@ -221,15 +221,29 @@ def remotes_path(config_file: str) -> str:
 
 def documents(path: str) -> list[tuple[str, dict[str, Any]]]:
     """The configuration file and its .d/*.toml, in the order they apply."""
+    try:
+        parts = sorted(
+            e.path for e in os.scandir(path + ".d") if e.name.endswith(".toml") and e.name[0] != "."
+        )
+    except (FileNotFoundError, NotADirectoryError):
+        parts = []
+    except OSError as exc:
+        raise UsageError(f"cannot read the configuration folder {path}.d: {exc}") from None
     docs = []
-    for f in [path, *sorted(glob.glob(path + ".d/*.toml"))]:
+    for f in [path, *parts]:
         try:
-            with open(f, "rb") as fh:
-                docs.append((f, tomllib.load(fh)))
+            fh = open(f, "rb")  # noqa: SIM115 - closed below, once tomllib is loaded
         except FileNotFoundError:
             continue
-        except (OSError, tomllib.TOMLDecodeError) as exc:
+        except OSError as exc:
             raise UsageError(f"cannot read the configuration {f}: {exc}") from None
+        import tomllib  # only once a file is there
+
+        with fh:
+            try:
+                docs.append((f, tomllib.load(fh)))
+            except (OSError, tomllib.TOMLDecodeError) as exc:
+                raise UsageError(f"cannot read the configuration {f}: {exc}") from None
     return docs
 
 
@@ -271,8 +285,7 @@ def _from_environment(default: Any, raw: str) -> Any:
     return type(default)(raw)
 
 
-@dataclass(frozen=True)
-class Remote:
+class Remote(NamedTuple):
     """A named place for a store: `[remotes.NAME]` with `url` in a configuration file."""
 
     name: str

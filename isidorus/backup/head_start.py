@@ -1,16 +1,23 @@
-"""A head start for a sync to a slow place: the first bytes of the packs the copy most
-likely lacks leave at once, while the other end starts up (a home's isidorus takes a few
-tenths of a second, longer on a small board) and the sync takes its lock and lists the
-copy, so that the link carries data from its first moment instead of waiting.
+"""A head start for a sync to a slow place: the packs the copy most likely lacks start
+leaving at once, while the other end starts up (a home's isidorus takes a few tenths of a
+second, longer on a small board) and the sync takes its lock and lists the copy, so that
+the link carries data from its first moment until the sync's own uploads take over.
 
-The guess      `CopyMemo` keeps, in the cache directory, the names of the packs a copy held
-               after its last complete sync; the packs of SOURCE not among them are
-               most likely new. No memo (a first sync, another cache), no head start.
+The guess      `CopyMemo` keeps, in the cache directory, the names of the packs a copy is
+               known to hold (after the last sync, complete or not); the packs of SOURCE
+               not among them are most likely new. No memo (a first sync, another
+               cache), no head start.
 Safety         the head start only opens uploads, which land in the copy's temporary
                folder under the sync's own session: nothing appears in the copy until
                the sync, holding the copy's lock, has listed it and found the pack
                missing; an upload the listing does not need is dropped at the other end.
                A wrong guess costs at most BUDGET bytes on the wire, never a wrong copy.
+Its end        the sync `stop`s it once it has listed the copy (nothing is guessed any
+               more), and `take`s the uploads it needs; either way the head start ends
+               at the next piece, so the sync waits for one piece at most.
+The sync's own requests (its lock, the listings) queue behind whatever was sent before
+them: while it waits for those, the head start keeps no more than WINDOW unanswered on a
+pipelined link, so each of them waits a fraction of a second, not the whole queue.
 """
 
 from __future__ import annotations
@@ -23,16 +30,18 @@ import threading
 from pathlib import Path
 
 from isidorus.backup.errors import BackendError
-from isidorus.backup.remote.base import Backend
-from isidorus.backup.transfer import PIECE, Started
+from isidorus.backup.remote.base import Backend, Pipelined
+from isidorus.backup.transfer import Started
 
-BUDGET = 8 * 1024 * 1024  # bytes sent ahead: over a second of a 50 Mbit/s link
+BUDGET = 64 * 1024 * 1024  # sent ahead at most, should the sync be slow to list the copy
+WINDOW = 1024 * 1024  # sent ahead and not answered yet: what a request of the sync waits behind
+PIECE = 256 * 1024  # read and sent at a time: what a `take` may have to wait for
 
 
 class HeadStart:
-    """Sends the first BUDGET bytes of `guess` (pack names and sizes, in the order the sync
-    copies them) to DEST in a thread; the sync then `take`s each upload it needs and
-    `close` drops the rest."""
+    """Sends the packs of `guess` (names and sizes, in the order the sync copies them) to
+    DEST in a thread, up to `budget` bytes, until the sync `stop`s it or `take`s one; the
+    sync then carries on each upload it needs, and `close` drops the rest."""
 
     def __init__(
         self, source: Backend, dest: Backend, guess: list[tuple[str, int]], budget: int = BUDGET
@@ -44,7 +53,7 @@ class HeadStart:
         self.started: dict[str, Started] = {}
         self._lock = threading.Condition()
         self._sending: str | None = None  # the pack the thread writes now
-        self._claimed: set[str] = set()  # packs the sync copies itself: the thread stops there
+        self._stopped = False
         self._thread = threading.Thread(target=self._run, name="head-start", daemon=True)
 
     def start(self) -> HeadStart:
@@ -52,6 +61,12 @@ class HeadStart:
             self._sending = self.guess[0][0]  # from now: a take() of it waits for it
             self._thread.start()
         return self
+
+    def stop(self) -> None:
+        """The sync knows what the copy lacks: send nothing more (the piece on its way
+        ends first)."""
+        with self._lock:
+            self._stopped = True
 
     def _run(self) -> None:
         try:
@@ -65,8 +80,8 @@ class HeadStart:
         left = self.budget
         for name, size in self.guess:
             with self._lock:
-                if left <= 0 or name in self._claimed:
-                    return  # the budget is spent, or the sync has caught up
+                if left <= 0 or self._stopped:
+                    return
                 self._sending = name
             try:
                 upload = self.dest.upload()
@@ -74,7 +89,7 @@ class HeadStart:
                 return  # the sync meets the same failure and says it
             started = Started(upload, hashlib.sha256(), 0)
             try:
-                while started.offset < size and left > 0:
+                while started.offset < size and left > 0 and self._window_open():
                     n = min(PIECE, size - started.offset, left)
                     piece = self.source.read_range("data", name, started.offset, n)
                     started.upload.write(piece)
@@ -91,15 +106,25 @@ class HeadStart:
                 self._sending = None
                 self._lock.notify_all()
 
+    def _window_open(self) -> bool:
+        """Wait until another piece fits in WINDOW; False once the head start is over
+        (the sync's own uploads, which count too, do not keep it waiting then)."""
+        while True:
+            with self._lock:
+                if self._stopped:
+                    return False
+            dest = self.dest
+            if not isinstance(dest, Pipelined) or dest.wait_unanswered(WINDOW - PIECE, 0.05):
+                return True
+
     def take(self, name: str) -> Started | None:
         """The upload begun for `name`, to be carried on from its offset; None when there
-        is none (or it failed: the sync then sends the pack from its start). Waits only
-        while the thread writes `name` itself: the sync's other uploads start at once,
-        and the thread sends nothing the sync has asked for."""
+        is none (or it failed: the sync then sends the pack from its start). The head
+        start ends there; this waits only while it sends a piece of `name` itself."""
         with self._lock:
+            self._stopped = True
             while self._sending == name:
                 self._lock.wait()
-            self._claimed.add(name)
             return self.started.pop(name, None)
 
     def close(self) -> None:
@@ -114,8 +139,8 @@ class HeadStart:
 
 
 class CopyMemo:
-    """The packs a copy held after its last complete sync, kept in the cache directory by
-    the copy's location. Only ever a guess: a lost or stale memo costs time, not data."""
+    """The packs a copy is known to hold, kept in the cache directory by the copy's
+    location. Only ever a guess: a lost or stale memo costs time, not data."""
 
     def __init__(self, cache_dir: str, location: str) -> None:
         key = hashlib.sha256(location.encode()).hexdigest()[:32]

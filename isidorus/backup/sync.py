@@ -236,6 +236,8 @@ def _round(
     """Copy what DEST lacks of `listing`; False when some of it vanished from SOURCE
     before it was copied (the listing is stale: the caller lists again)."""
     have = copier.dest_has = list_store(dest)  # kept up to date by the copier
+    if copier.head is not None:
+        copier.head.stop()  # what DEST lacks is known: no more guessing
     todo = {
         kind: sorted((n, s) for n, s in listing.of(kind).items() if n not in have.of(kind))
         for kind in ("keys", "data", "index", "snapshots")
@@ -327,8 +329,8 @@ def sync_stores(
     exclusive lock on DEST (`own_sessions` names them). Idempotent: an interrupted sync
     run again sends only what DEST still lacks. Damaged objects of SOURCE are not copied
     and are named in `result.damaged`; failures to read or write raise BackendError.
-    `head` carries on the uploads begun ahead (head_start.py); `memo` learns what DEST
-    holds once the sync is complete."""
+    `head` carries on the uploads begun ahead (head_start.py), and is stopped once DEST is
+    listed; `memo` learns what DEST holds at the end, complete or not."""
     opts = options or SyncOptions()
     progress = progress or NullProgress()
     if opts.snapshots and repo is None:
@@ -343,18 +345,26 @@ def sync_stores(
     dest.clean_tmp({s.name for s in locks.list_sessions(dest)})  # a killed sync's uploads
     copier = _Copier(source, dest, opts, progress, head)
     damaged = set(result.damaged)
-    for _attempt in range(ROUNDS):
-        listing = (
-            list_needed(repo, opts.snapshots) if repo and opts.snapshots else list_store(source)
-        )
-        if _round(copier, listing, dest, result, damaged):
-            break
-    else:
-        raise BackendError(
-            f"{source.location} kept changing while it was copied (a gc or repair-index "
-            "ran there): run sync again",
-            permanent=False,
-        )
+    try:
+        for _attempt in range(ROUNDS):
+            listing = (
+                list_needed(repo, opts.snapshots)
+                if repo and opts.snapshots
+                else list_store(source)
+            )
+            if _round(copier, listing, dest, result, damaged):
+                break
+        else:
+            raise BackendError(
+                f"{source.location} kept changing while it was copied (a gc or repair-index "
+                "ran there): run sync again",
+                permanent=False,
+            )
+    except BaseException:
+        if memo is not None and copier.dest_has is not None:
+            # what arrived is not guessed again: the next sync's head start skips it
+            _remember(memo, source, set(copier.dest_has.data))
+        raise
     result.damaged = sorted(damaged)
     if opts.snapshots:
         return result
@@ -365,7 +375,7 @@ def sync_stores(
         _remove_what_source_lacks(listing, copier.dest_has, dest, own_sessions or set(), result)
     if memo is not None and result.ok:
         assert copier.dest_has is not None
-        memo.save(_store_id(source) or "", copier.dest_has.data.keys() & listing.data.keys())
+        _remember(memo, source, copier.dest_has.data.keys() & listing.data.keys())
     return result
 
 
@@ -421,6 +431,12 @@ def _store_id(source: Backend) -> str | None:
         return str(json.loads(source.read("config", "config"))["id"])
     except (OSError, BackupError, ValueError, KeyError, TypeError):
         return None  # the sync says what is wrong with SOURCE
+
+
+def _remember(memo: CopyMemo, source: Backend, packs: set[str]) -> None:
+    store_id = _store_id(source)
+    if store_id is not None:
+        memo.save(store_id, packs)
 
 
 def _head_start(source: Backend, dest: Backend, memo: CopyMemo) -> HeadStart | None:

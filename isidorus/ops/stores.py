@@ -5,12 +5,14 @@ rest of isidorus loads."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from isidorus.backup.remote.base import Backend
 from isidorus.backup.remote.ssh import RateLimit
 from isidorus.errors import UsageError
 from isidorus.units import parse_size
+
+if TYPE_CHECKING:
+    from isidorus.backup.remote.base import Backend
 
 
 def rate_limit(settings: Mapping[str, Any]) -> RateLimit | None:
@@ -40,11 +42,9 @@ def backend_for(location: str, settings: Mapping[str, Any] | None = None) -> Bac
         from isidorus.backup.remote.served import ServedBackend
 
         conf = settings or {}
+        ssh_command, remote_isidorus = _served(conf)
         return ServedBackend(
-            location,
-            str(conf.get("ssh_command", "ssh")),
-            rate_limit=rate_limit(conf),
-            remote_command=str(conf.get("remote_isidorus", "isidorus")),
+            location, ssh_command, rate_limit=rate_limit(conf), remote_command=remote_isidorus
         )
     if location.startswith("ssh://"):
         from isidorus.backup.remote.sftp import SftpBackend
@@ -61,16 +61,20 @@ def backend_for(location: str, settings: Mapping[str, Any] | None = None) -> Bac
     return LocalBackend(location)
 
 
-# connections begun by connect_ahead, by location and limit_rate, until a command asks
-_AHEAD: dict[tuple[str, str], Backend] = {}
-
-
 def connect_ahead(location: str, settings: Mapping[str, Any]) -> None:
-    """Start connecting to a home before the command that needs it is loaded (see
-    cli/early.py); `connect_early` with the same location and settings takes it over."""
-    backend = connect_early(location, settings)
-    if backend is not None:
-        _AHEAD[(location, str(settings.get("limit_rate", "") or ""))] = backend
+    """Start ssh to a home (ssh+isidorus://) before the command that needs it is loaded
+    (see cli/early.py); the command's backend, made with the same settings, takes it over
+    when it connects. Nothing for any other kind of store."""
+    if location.startswith("ssh+isidorus://"):
+        from isidorus.backup.remote.ssh import SshTarget, serve_argv, start_ahead
+
+        target = SshTarget.parse(location)
+        start_ahead(target, serve_argv(target, *_served(settings)))
+
+
+def _served(settings: Mapping[str, Any]) -> tuple[str, str]:
+    """The ssh command and the remote isidorus a home is reached with."""
+    return str(settings.get("ssh_command", "ssh")), str(settings.get("remote_isidorus", "isidorus"))
 
 
 def connect_early(location: str, settings: Mapping[str, Any]) -> Backend | None:
@@ -78,9 +82,6 @@ def connect_early(location: str, settings: Mapping[str, Any]) -> Backend | None:
     (a failure is raised by its first request); None for any other kind of store."""
     if not location.startswith("ssh+isidorus://"):
         return None
-    ahead = _AHEAD.pop((location, str(settings.get("limit_rate", "") or "")), None)
-    if ahead is not None:
-        return ahead
     from isidorus.backup.remote.served import ServedBackend
 
     backend = backend_for(location, settings)

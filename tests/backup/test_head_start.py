@@ -5,12 +5,13 @@ wrong guess costs bytes, never a wrong copy."""
 import json
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from isidorus.backup import locks, transfer
-from isidorus.backup.errors import LockedError
+from isidorus.backup import head_start, locks, transfer
+from isidorus.backup.errors import BackendError, LockedError
 from isidorus.backup.head_start import BUDGET, CopyMemo, HeadStart
 from isidorus.backup.remote.local import LocalBackend
 from isidorus.backup.sync import SyncOptions, copy_store
@@ -109,6 +110,7 @@ def test_a_complete_sync_teaches_the_memo_what_the_copy_holds(source, tmp_path):
 
 def test_the_new_packs_start_ahead_and_cross_once(source, tmp_path, monkeypatch):
     monkeypatch.setattr(transfer, "PIECE", 64 * 1024)  # packs in many pieces
+    monkeypatch.setattr(head_start, "PIECE", 64 * 1024)
     dest = LocalBackend(str(tmp_path / "home"))
     memo = CopyMemo(str(tmp_path / "cache"), dest.location)
     copy_store(source.backend, dest, memo=memo)
@@ -127,10 +129,23 @@ def test_the_new_packs_start_ahead_and_cross_once(source, tmp_path, monkeypatch)
         return got
 
     monkeypatch.setattr(HeadStart, "take", take)
-    counting = Counting(dest)
+
+    class SlowToList(Counting):
+        """A copy whose listing of packs comes back once the new ones have crossed: the
+        head start goes on until the sync knows what the copy lacks."""
+
+        def list(self, kind):
+            if kind == "data":
+                for _ in range(1000):
+                    if self.sent >= sum(new.values()):
+                        break
+                    time.sleep(0.01)
+            return super().list(kind)
+
+    counting = SlowToList(dest)
     r = copy_store(source.backend, counting, SyncOptions(threads=2), memo=memo)
     assert r.ok and r.packs_sent == len(new)
-    # every new pack went ahead (they fit in the budget), and was carried on, not resent
+    # every new pack went ahead, and was carried on, not resent
     assert sorted(n for n, _o in started) == sorted(new)
     assert all(offset == new[n] for n, offset in started)
     assert r.bytes_sent <= counting.sent <= r.bytes_sent  # nothing crossed twice
@@ -163,6 +178,7 @@ def test_a_small_budget_starts_only_the_first_pack_in_part(source, tmp_path, mon
     grow(source, tmp_path)
     guess = sorted((n, s) for n, s in source.backend.list("data") if n not in packs(dest))
     head = HeadStart(source.backend, dest, guess, budget=1000).start()
+    head._thread.join(10)  # the budget spent, it ends on its own
     first = head.take(guess[0][0])
     assert first is not None and first.offset == 1000
     assert head.take(guess[-1][0]) is None or len(guess) == 1
@@ -181,6 +197,7 @@ def test_the_sync_takes_other_packs_without_waiting_and_the_head_start_leaves_th
     guess = sorted(source.backend.list("data"))  # what it holds or not: only the order counts
     assert len(guess) >= 2
     link = threading.Event()  # the first pack's bytes wait on a slow link
+    writing = threading.Event()
     opened = []
 
     class SlowLink(Counting):
@@ -190,6 +207,7 @@ def test_the_sync_takes_other_packs_without_waiting_and_the_head_start_leaves_th
             real_write = up.write
 
             def write(data):
+                writing.set()
                 assert link.wait(10)
                 real_write(data)
 
@@ -197,6 +215,7 @@ def test_the_sync_takes_other_packs_without_waiting_and_the_head_start_leaves_th
             return up
 
     head = HeadStart(source.backend, SlowLink(dest), guess).start()
+    assert writing.wait(10)
     try:
         # the head start is stuck on the first pack: the second is the sync's at once
         assert head.take(guess[1][0]) is None
@@ -208,7 +227,9 @@ def test_the_sync_takes_other_packs_without_waiting_and_the_head_start_leaves_th
     finally:
         link.set()
     waiter.join(10)
-    assert taking_first[0] is not None and taking_first[0].offset == guess[0][1]
+    # the piece on its way when the sync took the pack, and nothing more
+    assert taking_first[0] is not None
+    assert taking_first[0].offset == min(guess[0][1], head_start.PIECE)
     head.close()
     assert opened == [1]  # it stopped at the pack the sync had taken
     taking_first[0].upload.abort()
@@ -269,3 +290,109 @@ def test_a_copy_gone_from_the_home_is_made_again_despite_the_memo(source, tmp_pa
         assert contents(LocalBackend(str(home / "store"))) == contents(source.backend)
         shutil.rmtree(home / "store")
     assert any(taken)  # something did go ahead
+
+
+class Pipelined(Counting):
+    """A link whose answers come when the test says: each `answers.release()` opens the
+    window for one more piece."""
+
+    def __init__(self, inner):
+        super().__init__(inner)
+        self.answers = threading.Semaphore(0)
+
+    def wait_unanswered(self, limit, timeout):
+        return self.answers.acquire(timeout=timeout)
+
+
+def new_guess(source, dest, tmp_path):
+    copy_store(source.backend, dest)
+    grow(source, tmp_path)
+    return sorted((n, s) for n, s in source.backend.list("data") if n not in packs(dest))
+
+
+def test_a_full_window_holds_the_head_start_back_and_stop_ends_it(source, tmp_path, monkeypatch):
+    monkeypatch.setattr(head_start, "PIECE", 4096)
+    dest = LocalBackend(str(tmp_path / "home"))
+    guess = new_guess(source, dest, tmp_path)
+    link = Pipelined(dest)
+    head = HeadStart(source.backend, link, guess).start()
+    time.sleep(0.2)
+    assert link.sent == 0  # nothing answered yet: no piece goes behind the others
+    for _ in range(3):
+        link.answers.release()
+    for _ in range(1000):
+        if link.sent >= 3 * 4096:
+            break
+        time.sleep(0.005)
+    time.sleep(0.1)
+    assert link.sent == 3 * 4096  # one piece for each answer, no more
+    head.stop()
+    head._thread.join(10)
+    assert not head._thread.is_alive()  # stopped, far from the budget
+    assert link.sent == 3 * 4096 < sum(s for _n, s in guess)
+    assert sum(st.offset for st in head.started.values()) == 3 * 4096  # kept for the sync
+    head.close()
+    assert tmp_files(dest) == []
+
+
+def test_a_stop_while_the_window_is_full_ends_the_head_start(source, tmp_path):
+    dest = LocalBackend(str(tmp_path / "home"))
+    link = Pipelined(dest)
+    head = HeadStart(source.backend, link, new_guess(source, dest, tmp_path)).start()
+    time.sleep(0.1)
+    head.stop()  # the window never opens: the head start does not wait for it
+    head._thread.join(5)
+    assert not head._thread.is_alive() and link.sent == 0
+    head.close()
+    assert tmp_files(dest) == []
+
+
+def test_a_failed_sync_teaches_the_memo_what_arrived(source, tmp_path, monkeypatch):
+    """A sync cut short: the packs that arrived are in the memo, so the next head start
+    does not send them again."""
+    monkeypatch.setattr(head_start, "PIECE", 64 * 1024)
+    dest = LocalBackend(str(tmp_path / "home"))
+    memo = CopyMemo(str(tmp_path / "cache"), dest.location)
+    copy_store(source.backend, dest, memo=memo)
+    grow(source, tmp_path)
+    grow(source, tmp_path, seed=8)
+    new = sorted(n for n in packs(source.backend) if n not in packs(dest))
+    assert len(new) >= 2
+
+    class CutAfterOne(Counting):
+        """The link goes down once one pack has arrived (whole or as an upload)."""
+
+        arrived = 0
+
+        def _arrive(self, kind):
+            if kind == "data":
+                if self.arrived >= 1:
+                    raise BackendError("the link went down")
+                self.arrived += 1
+
+        def write(self, kind, name, data, *, exclusive=False):
+            self._arrive(kind)
+            super().write(kind, name, data, exclusive=exclusive)
+
+        def upload(self):
+            up, arrive = super().upload(), self._arrive
+            real_commit = up.commit
+
+            def commit(kind, name):
+                arrive(kind)
+                real_commit(kind, name)
+
+            up.commit = commit
+            return up
+
+    with pytest.raises(BackendError, match="went down"):
+        copy_store(source.backend, CutAfterOne(dest), SyncOptions(threads=1), memo=memo)
+    store_id = json.loads(source.backend.read("config", "config"))["id"]
+    arrived = packs(dest)
+    assert arrived & set(new)  # one pack crossed before the cut
+    assert memo.load(store_id) == arrived  # and the memo knows it
+
+    counting = Counting(dest)
+    r = copy_store(source.backend, counting, memo=memo)
+    assert r.ok and contents(dest) == contents(source.backend)
+    assert counting.sent == r.bytes_sent  # nothing that had arrived crossed again

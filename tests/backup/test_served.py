@@ -289,3 +289,28 @@ def test_append_only_lets_a_damaged_object_be_repaired(served, tmp_path):
     path.write_bytes(b"rotten" + data[6:])
     served.replace("data", name, data)
     assert path.read_bytes() == data
+
+
+def test_upload_bytes_count_as_unanswered_until_the_home_answers(tmp_path):
+    """What a head start may still add behind: the bytes of uploads sent and not answered.
+    A home that reads and answers nothing keeps them all on the way; a real one answers."""
+    mute = ServedBackend("ssh+isidorus://home/store", argv=["sh", "-c", "cat >/dev/null"])
+    try:
+        up = mute.upload()
+        up.write(b"x" * (3 * 1024 * 1024 + 5))  # four pieces on their way
+        assert not mute.wait_unanswered(3 * 1024 * 1024, 0.05)
+        assert mute.wait_unanswered(3 * 1024 * 1024 + 5, 0)
+    finally:
+        mute.close()
+    assert mute.wait_unanswered(0, 5)  # a closed connection answers every request (failed)
+
+    served = make_served(tmp_path)
+    try:
+        served.create()
+        up = served.upload()
+        data = os.urandom(2 * 1024 * 1024)
+        up.write(data)
+        assert served.wait_unanswered(0, 30)
+        up.commit("data", hashlib.sha256(data).hexdigest())
+    finally:
+        served.close()

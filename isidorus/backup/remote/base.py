@@ -91,6 +91,17 @@ class Replacing(Protocol):
 
 
 @runtime_checkable
+class Pipelined(Protocol):
+    """A backend whose uploads stream without waiting for answers (a home over ssh), so
+    what it was sent may still be on the way, queued ahead of any later request."""
+
+    def wait_unanswered(self, limit: int, timeout: float) -> bool:
+        """Whether at most `limit` bytes of uploads are on their way unanswered (or the
+        connection is gone: the next request says why), waiting up to `timeout` seconds."""
+        ...
+
+
+@runtime_checkable
 class QueuingRemovals(Protocol):
     """A backend whose host may only queue removals (a copy served append-only): it
     counts the removals it was asked for that wait there instead of taking effect."""

@@ -19,7 +19,7 @@ from typing import Any
 
 from isidorus.backup.errors import BackendError
 from isidorus.backup.remote import wire
-from isidorus.backup.remote.ssh import RateLimit, SshPipe, SshTarget, ssh_argv
+from isidorus.backup.remote.ssh import RateLimit, SshPipe, SshTarget, serve_argv, take_ahead
 
 PIECE = 1024 * 1024  # an upload's bytes cross in pieces of this size
 HELLO = 0  # the number of the hello's answer (requests count from 1)
@@ -40,7 +40,8 @@ class ServedUpload:
         view = memoryview(data)
         for offset in range(0, len(view), PIECE):
             piece = bytes(view[offset : offset + PIECE])
-            self.sent.append(self.backend._send("upload_write", self.handle, piece))
+            sent = self.backend._send("upload_write", self.handle, piece)
+            self.sent.append(self.backend._on_the_way(len(piece), sent))
         self._check_early()
 
     def commit(self, kind: str, name: str) -> None:
@@ -76,9 +77,7 @@ class ServedBackend:
         self.tmp_tag = "nosession"
         self.info: dict[str, Any] = {}
         self.removals_queued = 0  # removals the home only queued (append-only)
-        self._argv = argv or ssh_argv(
-            self.target, ssh_command, [*remote_command.split(), "backup", "serve", "--stdio", "/"]
-        )
+        self._argv = argv or serve_argv(self.target, ssh_command, remote_command)
         self._rate_limit = rate_limit
         self._pipe: SshPipe | None = None
         self._broken: BackendError | None = None
@@ -90,6 +89,8 @@ class ServedBackend:
         self._reader: threading.Thread | None = None
         self._early: threading.Thread | None = None
         self._early_error: Exception | None = None
+        self._unanswered = 0  # bytes of uploads sent and not answered yet
+        self._answered = threading.Condition()
 
     # -- connection
     def connect_soon(self) -> None:
@@ -115,7 +116,9 @@ class ServedBackend:
                 raise early
             if self._pipe is not None:
                 return self._pipe
-            pipe = SshPipe(self.target, self._argv, self._rate_limit)
+            # ssh may be on its way already (cli/early.py): the same command line takes it
+            pipe = take_ahead(self._argv) or SshPipe(self.target, self._argv)
+            pipe.rate_limit = self._rate_limit
             # requests follow the hello without waiting for its answer (the home's isidorus
             # starting): that answer, the first one read, says whether they were served
             try:
@@ -192,6 +195,24 @@ class ServedBackend:
         with self._send_lock:
             self._broken = self._broken or failed
             raise self._broken
+
+    def _on_the_way(self, n: int, future: Future[Any]) -> Future[Any]:
+        """Count `n` bytes of an upload as unanswered until `future` is (or fails)."""
+        with self._answered:
+            self._unanswered += n
+
+        def answered(_f: Future[Any]) -> None:
+            with self._answered:
+                self._unanswered -= n
+                self._answered.notify_all()
+
+        future.add_done_callback(answered)
+        return future
+
+    def wait_unanswered(self, limit: int, timeout: float) -> bool:
+        # a broken connection fails every pending future: their bytes count no more
+        with self._answered:
+            return self._answered.wait_for(lambda: self._unanswered <= limit, timeout)
 
     def _error(self, fields: list[Any], what: str) -> Exception:
         kind, message, permanent = (list(fields) + ["backend", "", True])[:3]

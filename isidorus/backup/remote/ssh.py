@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import shlex
 import subprocess
 import threading
 import time
-from dataclasses import dataclass
+from typing import NamedTuple
 from urllib.parse import unquote, urlsplit
 
 from isidorus.backup.errors import BackendError
@@ -31,8 +32,7 @@ from isidorus.errors import UsageError
 _KEEPALIVE = ("-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4")
 
 
-@dataclass(frozen=True)
-class SshTarget:
+class SshTarget(NamedTuple):
     """`ssh://[user@]host[:port]/path` taken apart."""
 
     scheme: str
@@ -76,9 +76,9 @@ def ssh_argv(
         raise UsageError(f"the ssh_command setting cannot be parsed: {exc}") from None
     if not argv:
         argv = ["ssh"]
-    base = list(argv)
+    base = tuple(argv)
     argv += ["-x", "-a", "-T", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"]
-    if not _has_keepalive(base, target):
+    if not _has_keepalive(base, target.host, target.port):
         argv += _KEEPALIVE
     if target.port:
         argv += ["-p", str(target.port)]
@@ -92,13 +92,21 @@ def ssh_argv(
     return argv
 
 
-def _has_keepalive(base: list[str], target: SshTarget) -> bool:
+def serve_argv(target: SshTarget, ssh_command: str, remote_isidorus: str) -> list[str]:
+    """The command line that runs `isidorus backup serve --stdio /` on the target (where a
+    home's forced command takes its place); `remote_isidorus` is the program there."""
+    remote = [*remote_isidorus.split(), "backup", "serve", "--stdio", "/"]
+    return ssh_argv(target, ssh_command, remote)
+
+
+@functools.cache  # asked again when a connection begun ahead is taken over
+def _has_keepalive(base: tuple[str, ...], host: str, port: int | None) -> bool:
     """Whether the operator's ssh setup already sends keepalives to this host (`ssh -G`
     prints the options ssh would use, config files included)."""
     argv = [*base, "-G"]
-    if target.port:
-        argv += ["-p", str(target.port)]
-    argv += ["--", target.host]
+    if port:
+        argv += ["-p", str(port)]
+    argv += ["--", host]
     try:
         out = subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout
     except (OSError, subprocess.TimeoutExpired):
@@ -281,3 +289,20 @@ class SshPipe:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# ssh processes started ahead of the connection that will use them, by command line
+_AHEAD: dict[tuple[str, ...], SshPipe] = {}
+
+
+def start_ahead(target: SshTarget, argv: list[str]) -> None:
+    """Start ssh now for a connection that a command, still loading, will ask for with the
+    same command line (`take_ahead`): the handshake overlaps the rest of the start."""
+    key = tuple(argv)
+    if key not in _AHEAD:
+        _AHEAD[key] = SshPipe(target, argv)
+
+
+def take_ahead(argv: list[str]) -> SshPipe | None:
+    """The ssh started ahead with this command line, if any (each is taken once)."""
+    return _AHEAD.pop(tuple(argv), None)
