@@ -14,7 +14,6 @@ from typing import Any, NamedTuple
 
 from isidorus.errors import UsageError
 
-
 # NamedTuples rather than dataclasses, and tomllib only once a file is there: this module
 # is read before a sync to a home starts ssh (cli/early.py), where milliseconds count
 

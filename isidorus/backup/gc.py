@@ -33,11 +33,10 @@ from typing import Any
 from isidorus.backup import locks, objects
 from isidorus.backup.errors import IntegrityError
 from isidorus.backup.progress import NullProgress, Progress
+from isidorus.backup.remote.base import GC_STATE as STATE
 from isidorus.backup.repository import Repository
 from isidorus.backup.saver import BlobSaver
 from isidorus.backup.tree import decode_tree
-
-STATE = "state"
 
 
 @dataclass(frozen=True)

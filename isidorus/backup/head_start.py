@@ -34,7 +34,10 @@ from isidorus.backup.remote.base import Backend, Pipelined
 from isidorus.backup.transfer import Started
 
 BUDGET = 64 * 1024 * 1024  # sent ahead at most, should the sync be slow to list the copy
-WINDOW = 1024 * 1024  # sent ahead and not answered yet: what a request of the sync waits behind
+# sent ahead and not answered yet: what a request of the sync waits behind. As much as ssh
+# lets cross before the other end reads (its channel window), so a home slow to start
+# (a small board) still receives that much meanwhile
+WINDOW = 2 * 1024 * 1024
 PIECE = 256 * 1024  # read and sent at a time: what a `take` may have to wait for
 
 

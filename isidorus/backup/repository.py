@@ -21,15 +21,14 @@ from isidorus.backup.errors import (
     IntegrityError,
     KeyError_,
     SnapshotNotFound,
-    StoreError,
     StoreExistsError,
 )
 from isidorus.backup.index import IndexCache, Location
 from isidorus.backup.pack import COMPRESSED, BlobEntry
 from isidorus.backup.remote.base import Backend
+from isidorus.backup.store_config import FORMAT_VERSION, checksum, read_config
 from isidorus.backup.types import Snapshot
 
-FORMAT_VERSION = 1
 Passphrase = Callable[[], bytes]
 
 DEFAULT_CHUNKER = {
@@ -40,35 +39,6 @@ DEFAULT_CHUNKER = {
 }
 IMAGE_CHUNK_SIZE = 1024 * 1024
 PACK_SIZE = 16 * 1024 * 1024
-
-
-def checksum(doc: dict[str, Any]) -> str:
-    body = {k: v for k, v in doc.items() if k != "checksum"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-
-
-def read_config(backend: Backend) -> dict[str, Any]:
-    try:
-        raw = backend.read("config", "config")
-    except (FileNotFoundError, NotADirectoryError):
-        raise StoreError(
-            f"{backend.location} is not an isidorus store (no config): check the "
-            "path, or create one with `isidorus backup init`"
-        ) from None
-    try:
-        doc: dict[str, Any] = json.loads(raw)
-    except ValueError:
-        raise IntegrityError(f"{backend.location}/config is damaged (not JSON)") from None
-    if doc.get("format") != "isidorus-store":
-        raise StoreError(f"{backend.location} is not an isidorus store")
-    if doc.get("checksum") != checksum(doc):
-        raise IntegrityError(f"{backend.location}/config is damaged (checksum mismatch)")
-    if doc.get("version") != FORMAT_VERSION:
-        raise StoreError(
-            f"{backend.location} has store format {doc.get('version')}, this "
-            f"isidorus reads format {FORMAT_VERSION}: upgrade isidorus"
-        )
-    return doc
 
 
 class Repository:

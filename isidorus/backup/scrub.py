@@ -27,7 +27,8 @@ from isidorus.backup.crypto import Crypto, MasterKey
 from isidorus.backup.errors import IntegrityError, StoreError
 from isidorus.backup.progress import NullProgress, Progress
 from isidorus.backup.remote.base import Backend
-from isidorus.backup.repository import Repository, checksum, read_config
+from isidorus.backup.repository import Repository
+from isidorus.backup.store_config import checksum, read_config
 from isidorus.backup.transfer import (
     OBJECT_KINDS,
     check_object,

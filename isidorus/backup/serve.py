@@ -29,6 +29,7 @@ import hashlib
 import os
 import re
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -297,6 +298,37 @@ def _read_frame(stream: BinaryIO) -> Any | None:
     return wire.decode(body)
 
 
+class _Frames:
+    """Writes whole frames to the client, from the serving loop and the ticker alike."""
+
+    def __init__(self, wfile: BinaryIO) -> None:
+        self.wfile = wfile
+        self.lock = threading.Lock()
+
+    def send(self, message: Any) -> None:
+        frame = wire.encode(message)
+        with self.lock:
+            self.wfile.write(frame)
+            self.wfile.flush()
+
+
+def _tick(frames: _Frames, every: float, done: threading.Event) -> None:
+    """A sign of life every `every` seconds, whatever the serving loop is busy with, so
+    the client can tell a cut link from a slow request."""
+    while not done.wait(every):
+        try:
+            frames.send([wire.TICK])
+        except (OSError, ValueError):
+            return  # the client is gone: the serving loop finds out too
+
+
+def _ticks_asked(options: Any) -> float:
+    every = options.get("ticks", 0) if isinstance(options, dict) else 0
+    if not isinstance(every, int | float) or every <= 0:
+        return 0.0
+    return max(float(every), wire.MIN_TICK)
+
+
 def serve(options: ServeOptions, rfile: BinaryIO, wfile: BinaryIO) -> None:
     """Serve one client until it closes the pipe. Raises ProtocolError on garbage."""
     hello = _read_frame(rfile)
@@ -305,6 +337,7 @@ def serve(options: ServeOptions, rfile: BinaryIO, wfile: BinaryIO) -> None:
     if not (isinstance(hello, list) and len(hello) == 3 and hello[0] == "hello"):
         raise wire.ProtocolError("the client did not start with a hello")
     server: StoreServer | None = None
+    ticks = _ticks_asked(hello[2])
     try:
         if hello[1] != wire.VERSION:
             raise Refused(
@@ -313,13 +346,17 @@ def serve(options: ServeOptions, rfile: BinaryIO, wfile: BinaryIO) -> None:
             )
         path = hello[2].get("path", "") if isinstance(hello[2], dict) else ""
         server = StoreServer(options, confine(options.root, str(path)))
-        answer: list[Any] = [0, 0, server.info()]
+        answer: list[Any] = [0, 0, {**server.info(), "ticks": ticks}]
     except Exception as exc:  # noqa: BLE001 - every failure goes back to the client
         answer = [0, *_error(exc)]
-    wfile.write(wire.encode(answer))
-    wfile.flush()
+    frames = _Frames(wfile)
+    frames.send(answer)
     if server is None:
         return
+    done = threading.Event()
+    ticker = threading.Thread(target=_tick, args=(frames, ticks, done), daemon=True)
+    if ticks:
+        ticker.start()
     try:
         while (request := _read_frame(rfile)) is not None:
             if not (isinstance(request, list) and len(request) >= 2):
@@ -329,9 +366,11 @@ def serve(options: ServeOptions, rfile: BinaryIO, wfile: BinaryIO) -> None:
                 reply = [rid, 0, server.dispatch(str(op), args)]
             except Exception as exc:  # noqa: BLE001 - every failure goes back to the client
                 reply = [rid, *_error(exc)]
-            wfile.write(wire.encode(reply))
-            wfile.flush()
+            frames.send(reply)
     finally:
+        done.set()
+        if ticker.ident is not None:
+            ticker.join()  # gone before the process ends: it may then end at once
         server.close()
 
 

@@ -32,16 +32,18 @@ import json
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from isidorus.backup import locks
 from isidorus.backup.errors import BackendError, BackupError, IntegrityError, StoreError
-from isidorus.backup.gc import STATE, Marker
 from isidorus.backup.head_start import CopyMemo, HeadStart
 from isidorus.backup.progress import NullProgress, Progress
-from isidorus.backup.remote.base import Backend, QueuingRemovals
-from isidorus.backup.repository import Repository, read_config
+from isidorus.backup.remote.base import GC_STATE, Backend, QueuingRemovals
+from isidorus.backup.store_config import read_config
 from isidorus.backup.transfer import copy_object, run_parallel
+
+if TYPE_CHECKING:
+    from isidorus.backup.repository import Repository
 
 ROUNDS = 3  # listings tried before giving up on a SOURCE that keeps changing
 
@@ -103,6 +105,8 @@ def list_store(backend: Backend) -> Listing:
 def list_needed(repo: Repository, refs: tuple[str, ...]) -> Listing:
     """What a copy needs to hold the snapshots `refs` (ids, prefixes or `latest`): them,
     the index objects that list their blobs, and every pack those index objects name."""
+    from isidorus.backup.gc import Marker  # with the key only: a whole sync does without
+
     repo.refresh_index()
     names = {repo.find_snapshot(r).id for r in refs}
     marker = Marker(repo, "needed", stop="sync stopped before copying anything")
@@ -335,7 +339,7 @@ def sync_stores(
     progress = progress or NullProgress()
     if opts.snapshots and repo is None:
         raise ValueError("a sync of chosen snapshots needs the source opened with its key")
-    if dest.exists("gc", STATE):
+    if dest.exists("gc", GC_STATE):
         # its sweep may have condemned packs that new snapshots would now rely on
         raise StoreError(
             f"a gc of {dest.location} was interrupted: finish it with "
@@ -348,9 +352,7 @@ def sync_stores(
     try:
         for _attempt in range(ROUNDS):
             listing = (
-                list_needed(repo, opts.snapshots)
-                if repo and opts.snapshots
-                else list_store(source)
+                list_needed(repo, opts.snapshots) if repo and opts.snapshots else list_store(source)
             )
             if _round(copier, listing, dest, result, damaged):
                 break

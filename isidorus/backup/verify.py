@@ -25,8 +25,9 @@ from isidorus.backup.errors import IntegrityError, StoreError
 from isidorus.backup.pack import COMPRESSED, BlobEntry, read_header
 from isidorus.backup.progress import NullProgress, Progress
 from isidorus.backup.remote.base import Backend
-from isidorus.backup.repository import Repository, read_config
+from isidorus.backup.repository import Repository
 from isidorus.backup.scrub import locate_blobs, repair_objects
+from isidorus.backup.store_config import read_config
 from isidorus.backup.tree import decode_tree
 from isidorus.backup.types import Snapshot, iso_time
 

@@ -52,10 +52,10 @@ def sync(
     early = stores.connect_early(where, conf)
     try:
         from isidorus.backup.sync import SyncOptions
-        from isidorus.ops import backups as ops
         from isidorus.ops import offsite
+        from isidorus.ops.store_refs import StoreRef
 
-        ref = ops.StoreRef(
+        ref = StoreRef(
             resolve_store(source),
             passphrase_source(passphrase_file) if snapshots else None,
             conf["cache_dir"],

@@ -6,10 +6,8 @@ engine and returns a dataclass. None of them prints or reads the environment.
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any, BinaryIO
 
 from isidorus.backup import browse, crypto, locks, objects
@@ -20,68 +18,19 @@ from isidorus.backup.archiver import (
     create_snapshot,
     create_stream_snapshot,
 )
-from isidorus.backup.errors import IntegrityError, SnapshotNotFound, StoreError
+from isidorus.backup.errors import IntegrityError, SnapshotNotFound
 from isidorus.backup.gc import GcOptions, GcResult, collect_garbage
 from isidorus.backup.progress import Progress
 from isidorus.backup.prune import KeepPolicy, PrunePlan, plan_prune
-from isidorus.backup.remote.base import Backend
-from isidorus.backup.remote.local import LocalBackend
 from isidorus.backup.repair import RepairResult
 from isidorus.backup.repair import repair_index as rebuild_index
-from isidorus.backup.repository import Passphrase, Repository, add_key, key_params, read_config
+from isidorus.backup.repository import Passphrase, Repository, add_key, key_params
 from isidorus.backup.restorer import RestoreOptions, RestoreResult, restore_snapshot
 from isidorus.backup.types import Snapshot
 from isidorus.backup.verify import VerifyOptions, VerifyReport, verify_store
 from isidorus.errors import UsageError
+from isidorus.ops.store_refs import StoreRef, open_backend, opened
 from isidorus.ops.stores import backend_for
-
-
-@dataclass(frozen=True)
-class StoreRef:
-    """Where a store is and how to open it."""
-
-    location: str
-    passphrase: Passphrase | None
-    cache_dir: str
-    settings: Mapping[str, Any] = field(default_factory=dict)  # s3_* for s3:// stores
-
-
-READ_ONLY = frozenset({"list", "ls", "cat", "diff", "restore", "verify"})
-
-
-def open_backend(ref: StoreRef) -> Backend:
-    """The store's backend, once it is known to hold a store (else one clear error)."""
-    backend = backend_for(ref.location, ref.settings)
-    try:
-        if isinstance(backend, LocalBackend):
-            if not os.path.lexists(backend.root):
-                raise StoreError(
-                    f"{ref.location} does not exist: check the path, or create a store "
-                    "with `isidorus backup init`"
-                )
-            if not os.path.isdir(backend.root):
-                raise StoreError(
-                    f"{ref.location} is not a directory, so not a store: give the store's directory"
-                )
-        read_config(backend)
-    except BaseException:
-        backend.close()  # a remote store's connection, when it has one
-        raise
-    return backend
-
-
-@contextlib.contextmanager
-def opened(ref: StoreRef, purpose: str, *, exclusive: bool = False) -> Iterator[Repository]:
-    backend = open_backend(ref)
-    repo = Repository.open(backend, ref.passphrase, ref.cache_dir)
-    try:
-        with locks.session(
-            backend, purpose, exclusive=exclusive, read_only=purpose in READ_ONLY
-        ) as me:
-            repo.session = me.name
-            yield repo
-    finally:
-        repo.close()
 
 
 def init_store(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from isidorus.backup import locks
 from isidorus.backup.errors import StoreError
@@ -19,13 +19,17 @@ from isidorus.backup.progress import Progress
 from isidorus.backup.remote.base import Backend
 from isidorus.backup.remote.local import LocalBackend
 from isidorus.backup.remote.served import ServedBackend
-from isidorus.backup.repository import Repository
-from isidorus.backup.scrub import ScrubReport, check_same_store, repair_objects, scrub_store
 from isidorus.backup.sync import SyncOptions, SyncResult, copy_store
-from isidorus.backup.verify import RepairReport, VerifyOptions, repair_from_copy, verify_store
 from isidorus.errors import UsageError
-from isidorus.ops.backups import StoreRef, open_backend, opened
+from isidorus.ops.store_refs import StoreRef, open_backend, opened
 from isidorus.ops.stores import backend_for
+
+# the engine proper (crypto, index, packs) and the checks load only with the functions
+# that use them: a sync needs no key, and a sync to a home is timed from its first moment
+if TYPE_CHECKING:
+    from isidorus.backup.repository import Repository
+    from isidorus.backup.scrub import ScrubReport
+    from isidorus.backup.verify import RepairReport, VerifyOptions
 
 
 def _place(backend: Backend) -> Backend:
@@ -36,6 +40,13 @@ def _place(backend: Backend) -> Backend:
         if not os.path.isdir(backend.root):
             raise StoreError(f"{backend.root} is not a directory, so not a store")
     return backend
+
+
+def _with_key(backend: Backend, ref: StoreRef) -> Repository:
+    """The source opened with its key: only a sync of chosen snapshots needs it."""
+    from isidorus.backup.repository import Repository
+
+    return Repository.open(backend, ref.passphrase, ref.cache_dir)
 
 
 def sync(
@@ -62,7 +73,7 @@ def sync(
                 dst,
                 options,
                 progress,
-                lambda: Repository.open(src, source.passphrase, source.cache_dir),
+                lambda: _with_key(src, source),
                 # a home starts slowly: the packs it most likely lacks leave at once
                 CopyMemo(source.cache_dir, dst.location)
                 if isinstance(dst, ServedBackend)
@@ -83,6 +94,8 @@ def scrub(
     """Check every object of the store against its name, without the key; with
     `repair_from`, replace what is damaged or missing by the intact copies of another
     copy of the store. `settings` are isidorus's (for the kinds of store that need some)."""
+    from isidorus.backup.scrub import check_same_store, repair_objects, scrub_store
+
     backend = _place(backend_for(location, settings))
     try:
         with locks.session(backend, "scrub", read_only=repair_from is None):
@@ -107,6 +120,9 @@ def verify_and_repair(
 ) -> RepairReport:
     """Verify the store, replace what is damaged or missing by the intact objects of
     another copy, and verify again (see `verify.repair_from_copy`)."""
+    from isidorus.backup.repository import Repository
+    from isidorus.backup.verify import RepairReport, repair_from_copy, verify_store
+
     with opened(ref, "verify-repair") as repo:
         before = verify_store(repo, options, progress)
         if before.ok:

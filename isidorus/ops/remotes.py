@@ -14,12 +14,9 @@ import contextlib
 import os
 import re
 import secrets
-import tomllib
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
-
-import tomli_w
 
 from isidorus.errors import UsageError
 from isidorus.settings import Remote, load_remotes, remotes_path
@@ -127,7 +124,13 @@ def get_remote(config_file: str, name: str) -> Remote:
     return remote
 
 
+# tomllib and tomli_w load only to read and write remotes.toml: most commands only name
+# stores, and a sync to a home is timed from its first moment
+
+
 def _load(path: str) -> dict[str, Any]:
+    import tomllib
+
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)
@@ -139,6 +142,8 @@ def _load(path: str) -> dict[str, Any]:
 
 def _write(path: str, doc: dict[str, Any]) -> None:
     """Replace the file in one step: a reader sees the old one or the new one."""
+    import tomli_w
+
     folder = os.path.dirname(path)
     tmp = os.path.join(folder, f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp")
     try:

@@ -4,8 +4,10 @@ goes through real sshd)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import signal
 import sys
 import threading
 import time
@@ -15,6 +17,7 @@ import pytest
 
 from isidorus.backup.errors import BackendError
 from isidorus.backup.remote import conformance
+from isidorus.backup.remote import served as served_module
 from isidorus.backup.remote.served import ServedBackend
 from isidorus.backup.removals import RemovalQueue
 
@@ -314,3 +317,26 @@ def test_upload_bytes_count_as_unanswered_until_the_home_answers(tmp_path):
         up.commit("data", hashlib.sha256(data).hexdigest())
     finally:
         served.close()
+
+
+def test_a_home_that_falls_silent_is_given_up(tmp_path, monkeypatch):
+    """The home sends signs of life: an idle connection lives on, and one whose home
+    stops sending anything ends, with a one-line reason, instead of hanging."""
+    monkeypatch.setattr(served_module, "TICKS", 0.1)  # silent for 0.4 s: gone
+    b = make_served(tmp_path)
+    b.create()
+    assert b.info["ticks"] == 0.1
+    time.sleep(1.0)  # idle far longer than the silence allowed: the ticks kept it
+    assert b.exists("data", "0" * 64) is False
+    assert b._pipe is not None
+    home = b._pipe.proc.pid
+    os.kill(home, signal.SIGSTOP)  # no answer, no sign of life, the pipe still open
+    try:
+        started = time.monotonic()
+        with pytest.raises(BackendError, match=r"home has sent nothing for \d+ s: the link"):
+            b.exists("data", "0" * 64)
+        assert time.monotonic() - started < 10
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(home, signal.SIGCONT)
+    b.close()

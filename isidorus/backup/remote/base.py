@@ -27,6 +27,7 @@ from typing import Protocol, runtime_checkable
 KINDS = ("data", "index", "snapshots", "keys", "locks", "gc")
 MUTABLE_KINDS = frozenset({"locks", "gc"})
 CONFIG = ("config", "config")  # the one object with a fixed name
+GC_STATE = "state"  # gc/state: a gc is under way (gc.py), and no copy may be synced to
 
 
 class Upload(Protocol):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import Future
 from typing import Any
@@ -23,6 +24,8 @@ from isidorus.backup.remote.ssh import RateLimit, SshPipe, SshTarget, serve_argv
 
 PIECE = 1024 * 1024  # an upload's bytes cross in pieces of this size
 HELLO = 0  # the number of the hello's answer (requests count from 1)
+TICKS = 15.0  # seconds between the home's signs of life
+SILENCE = 4  # signs of life missed in a row: the link (or the home) is gone
 
 
 class ServedUpload:
@@ -89,6 +92,7 @@ class ServedBackend:
         self._reader: threading.Thread | None = None
         self._early: threading.Thread | None = None
         self._early_error: Exception | None = None
+        self._watchdog: threading.Thread | None = None
         self._unanswered = 0  # bytes of uploads sent and not answered yet
         self._answered = threading.Condition()
 
@@ -122,7 +126,8 @@ class ServedBackend:
             # requests follow the hello without waiting for its answer (the home's isidorus
             # starting): that answer, the first one read, says whether they were served
             try:
-                pipe.sendall(wire.encode(["hello", wire.VERSION, {"path": self.target.path}]))
+                hello = {"path": self.target.path, "ticks": TICKS}
+                pipe.sendall(wire.encode(["hello", wire.VERSION, hello]))
             except BackendError:
                 pipe.close()
                 raise
@@ -155,10 +160,33 @@ class ServedBackend:
             raise BackendError(f"{self.target.display}: {message}", permanent=bool(permanent))
         self.info = dict(answer[2])
 
+    def _watch(self, pipe: SshPipe, every: float) -> None:
+        """End the connection once the home has sent nothing, not even its signs of life,
+        for SILENCE of them: a cut link is then reported in about a minute instead of
+        hanging for as long as TCP keeps trying (ssh's own keepalives, when the operator
+        set some up, may well end it sooner)."""
+        while not pipe.wait_closed(every):
+            quiet = time.monotonic() - pipe.last_heard
+            if quiet > every * SILENCE:
+                with self._send_lock:
+                    self._broken = self._broken or BackendError(
+                        f"{self.target.display} has sent nothing for {quiet:.0f} s: the link "
+                        "or the home is down (run the command again once it is back)",
+                        permanent=False,
+                    )
+                pipe.kill()  # the reader then fails what waits with that error
+                return
+
     def _read_loop(self, pipe: SshPipe) -> None:
         error: BackendError
         try:
             self._greeting(pipe)
+            every = self.info.get("ticks")
+            if isinstance(every, int | float) and every > 0:
+                self._watchdog = threading.Thread(
+                    target=self._watch, args=(pipe, every), daemon=True
+                )
+                self._watchdog.start()
             while True:
                 message = self._read_message(pipe)
                 future = self._pending.pop(message[0], None)
@@ -169,7 +197,8 @@ class ServedBackend:
         except (wire.ProtocolError, IndexError, TypeError) as exc:
             error = BackendError(f"{self.target.display} broke the store protocol: {exc}")
         with self._send_lock:
-            self._broken = error
+            # a verdict given before (closed here, a silent home) says more than the EOF
+            error = self._broken = self._broken or error
             pending, self._pending = self._pending, {}
         for future in pending.values():
             future.set_exception(error)
@@ -289,3 +318,5 @@ class ServedBackend:
             pipe.close()
         if self._reader is not None:
             self._reader.join(timeout=10)
+        if self._watchdog is not None:  # started by the reader: known once it is over
+            self._watchdog.join(timeout=10)

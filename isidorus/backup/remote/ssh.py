@@ -66,10 +66,17 @@ class SshTarget(NamedTuple):
 
 
 def ssh_argv(
-    target: SshTarget, ssh_command: str, remote: list[str], *, subsystem: bool = False
+    target: SshTarget,
+    ssh_command: str,
+    remote: list[str],
+    *,
+    subsystem: bool = False,
+    keepalive: bool = True,
 ) -> list[str]:
     """The command line that runs `remote` (a command, or with `subsystem` the name of an
-    SSH subsystem such as sftp) on the target."""
+    SSH subsystem such as sftp) on the target. With `keepalive`, ssh is asked for
+    keepalives unless the operator's setup has its own (a protocol with signs of life of
+    its own does without: no `ssh -G` to run first)."""
     try:
         argv = shlex.split(ssh_command or "ssh")
     except ValueError as exc:
@@ -78,7 +85,7 @@ def ssh_argv(
         argv = ["ssh"]
     base = tuple(argv)
     argv += ["-x", "-a", "-T", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"]
-    if not _has_keepalive(base, target.host, target.port):
+    if keepalive and not _has_keepalive(base, target.host, target.port):
         argv += _KEEPALIVE
     if target.port:
         argv += ["-p", str(target.port)]
@@ -96,7 +103,7 @@ def serve_argv(target: SshTarget, ssh_command: str, remote_isidorus: str) -> lis
     """The command line that runs `isidorus backup serve --stdio /` on the target (where a
     home's forced command takes its place); `remote_isidorus` is the program there."""
     remote = [*remote_isidorus.split(), "backup", "serve", "--stdio", "/"]
-    return ssh_argv(target, ssh_command, remote)
+    return ssh_argv(target, ssh_command, remote, keepalive=False)  # the home sends ticks
 
 
 @functools.cache  # asked again when a connection begun ahead is taken over
@@ -214,6 +221,8 @@ class SshPipe:
         self._err_thread = threading.Thread(target=self._read_stderr, daemon=True)
         self._err_thread.start()
         self._closed = False
+        self._ended = threading.Event()  # set by close()
+        self.last_heard = time.monotonic()  # when the other end last sent anything
 
     def _read_stderr(self) -> None:
         assert self.proc.stderr is not None
@@ -253,9 +262,11 @@ class SshPipe:
     def recv(self, n: int) -> bytes:
         assert self.proc.stdout is not None
         try:
-            return self.proc.stdout.read(n) or b""
+            data = self.proc.stdout.read(n) or b""
         except (ValueError, OSError):
             return b""
+        self.last_heard = time.monotonic()
+        return data
 
     def recv_exactly(self, n: int) -> bytes:
         chunks = []
@@ -267,10 +278,20 @@ class SshPipe:
             n -= len(data)
         return b"".join(chunks)
 
+    def wait_closed(self, timeout: float) -> bool:
+        """Whether the pipe is closed, waiting up to `timeout` seconds for it."""
+        return self._ended.wait(timeout)
+
+    def kill(self) -> None:
+        """End ssh at once: whoever reads or writes the pipe then finds it broken."""
+        with contextlib.suppress(OSError):
+            self.proc.kill()
+
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        self._ended.set()
         with contextlib.suppress(OSError, ValueError):
             assert self.proc.stdin is not None
             self.proc.stdin.close()

@@ -1,9 +1,11 @@
 """The store protocol spoken over a pipe by `isidorus backup serve --stdio`.
 
 A frame is a 4-byte big-endian length, then that many bytes of msgpack. The client opens
-with `["hello", VERSION, {"path": PATH}]`; the server answers `[0, 0, INFO]` (or an error,
-below) where INFO says `version`, `append_only`, `quota` and `used`. Then every request is
-`[ID, OP, ARGS...]` and gets exactly one answer, in the order the requests came:
+with `["hello", VERSION, {"path": PATH, "ticks": SECONDS}]`; the server answers
+`[0, 0, INFO]` (or an error, below) where INFO says `version`, `append_only`, `quota`,
+`used` and `ticks`: from then on it also sends `[TICK]`, a sign of life, every `ticks`
+seconds (0: never), so the client can tell a cut link from a long wait. Then every request
+is `[ID, OP, ARGS...]` and gets exactly one answer, in the order the requests came:
 
     [ID, 0, RESULT]                      done
     [ID, 1, ERROR, MESSAGE, PERMANENT]   ERROR: "notfound", "exists" or "backend"
@@ -22,6 +24,8 @@ from typing import Any
 import msgpack
 
 VERSION = 1
+TICK = -1  # the number of a sign of life, which answers nothing
+MIN_TICK = 0.1  # seconds: a home sends signs of life no more often than this
 MAX_FRAME = 64 * 1024 * 1024  # a pack piece or a listing; anything larger is an attack
 _LEN = struct.Struct(">I")
 
