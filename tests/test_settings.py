@@ -38,3 +38,22 @@ def test_the_environment_wins_over_the_files(tmp_path):
     env["ISIDORUS_SERVE_CPU_AFFINITY"] = "on"
     found = settings.load(environ=env)
     assert found["backup_threads"] == 7 and found["serve_cpu_affinity"] is True
+
+
+def test_the_folder_applies_in_name_order_and_only_its_toml_files(tmp_path):
+    config = tmp_path / "isidorus.toml"
+    folder = tmp_path / "isidorus.toml.d"
+    folder.mkdir()
+    (folder / "20-late.toml").write_text("backup_threads = 9\n")
+    (folder / "10-early.toml").write_text("backup_threads = 4\n")
+    (folder / ".30-hidden.toml").write_text("backup_threads = 1\n")  # an editor's leftover
+    (folder / "40-notes.txt").write_text("backup_threads = 2\n")
+    env = {"ISIDORUS_CONFIG": str(config)}  # no main file: the folder still applies
+    assert [f for f, _doc in settings.documents(str(config))] == [
+        str(folder / "10-early.toml"),
+        str(folder / "20-late.toml"),
+    ]
+    assert settings.load(environ=env)["backup_threads"] == 9
+    (folder / "20-late.toml").write_text("backup_threads = \n")
+    with pytest.raises(UsageError, match="cannot read the configuration .*20-late.toml"):
+        settings.load(environ=env)

@@ -110,8 +110,10 @@ def list_sessions(backend: Backend) -> list[Session]:
     return out
 
 
-def remove_stale(backend: Backend) -> list[Session]:
-    stale = [s for s in list_sessions(backend) if s.is_stale()]
+def remove_stale(backend: Backend, sessions: list[Session] | None = None) -> list[Session]:
+    """Remove the sessions whose process is gone, of `sessions` (listed already by the
+    caller) or of a new listing; returns them."""
+    stale = [s for s in (list_sessions(backend) if sessions is None else sessions) if s.is_stale()]
     for s in stale:
         backend.remove("locks", s.name)
     return stale

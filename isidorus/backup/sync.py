@@ -280,6 +280,12 @@ def _remove_what_source_lacks(
     """Remove from DEST what it has (`have`: listed at the start of the round, with what
     the round wrote; nobody else writes there while the lock is held and no other session
     is open) and SOURCE no longer has."""
+    gone = {
+        k: sorted(have.of(k).keys() - listing.of(k).keys()) for k in ("snapshots", "index", "data")
+    }
+    old_keys = sorted(have.keys.keys() - listing.keys.keys())
+    if not any(gone.values()) and not old_keys:
+        return  # nothing to remove: no need to ask who else uses the copy
     others = [
         s
         for s in locks.list_sessions(dest)
@@ -301,14 +307,14 @@ def _remove_what_source_lacks(
         )
         return
     queued_before = dest.removals_queued if isinstance(dest, QueuingRemovals) else 0
-    for kind in ("snapshots", "index", "data"):
-        for name in sorted(have.of(kind).keys() - listing.of(kind).keys()):
+    for kind, names in gone.items():
+        for name in names:
             dest.remove(kind, name)
             result.objects_removed += 1
             result.snapshots_removed += kind == "snapshots"
     # old key files (a changed passphrase) go only when one SOURCE has stays
     if have.keys.keys() & listing.keys.keys():
-        for name in sorted(have.keys.keys() - listing.keys.keys()):
+        for name in old_keys:
             dest.remove("keys", name)
             result.objects_removed += 1
     if isinstance(dest, QueuingRemovals):
@@ -345,8 +351,9 @@ def sync_stores(
             f"a gc of {dest.location} was interrupted: finish it with "
             "`isidorus backup gc` on that store, then sync again"
         )
-    locks.remove_stale(dest)
-    dest.clean_tmp({s.name for s in locks.list_sessions(dest)})  # a killed sync's uploads
+    sessions = locks.list_sessions(dest)
+    stale = {s.name for s in locks.remove_stale(dest, sessions)}
+    dest.clean_tmp({s.name for s in sessions} - stale)  # a killed sync's uploads
     copier = _Copier(source, dest, opts, progress, head)
     damaged = set(result.damaged)
     try:

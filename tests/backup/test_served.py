@@ -340,3 +340,36 @@ def test_a_home_that_falls_silent_is_given_up(tmp_path, monkeypatch):
         with contextlib.suppress(ProcessLookupError):
             os.kill(home, signal.SIGCONT)
     b.close()
+
+
+@pytest.mark.parametrize(("asked", "every"), [(0.01, 0.1), (None, 0.0)])
+def test_a_home_sends_signs_of_life_only_when_asked(tmp_path, asked, every):
+    """Every `ticks` seconds (no more often than ten a second), a frame that answers no
+    request; a client that asks for none (an older one) gets none."""
+    from isidorus.backup.remote import wire
+    from isidorus.backup.serve import ServeOptions, _read_frame, serve
+
+    r_req, w_req = os.pipe()
+    r_ans, w_ans = os.pipe()
+    rfile, wfile = os.fdopen(r_req, "rb"), os.fdopen(w_ans, "wb")
+    home = threading.Thread(target=serve, args=(ServeOptions(str(tmp_path)), rfile, wfile))
+    home.start()
+    hello: dict[str, object] = {"path": "store"}
+    if asked is not None:
+        hello["ticks"] = asked
+    os.write(w_req, wire.encode(["hello", wire.VERSION, hello]))
+    answers = os.fdopen(r_ans, "rb")
+    greeting = _read_frame(answers)
+    assert greeting[:2] == [0, 0] and greeting[2]["ticks"] == every
+    time.sleep(0.45)
+    os.close(w_req)  # the client goes: the home stops, its ticker with it
+    home.join(10)
+    assert not home.is_alive()
+    wfile.close()
+    rfile.close()
+    frames = []
+    while (frame := _read_frame(answers)) is not None:
+        frames.append(frame)
+    answers.close()
+    assert all(f == [wire.TICK] for f in frames)
+    assert (3 <= len(frames) <= 5) if asked else frames == []

@@ -168,6 +168,22 @@ def test_removals_wait_while_someone_uses_the_copy(source):
     assert r.snapshots_removed == 1 and not r.postponed
 
 
+def test_a_sync_with_nothing_to_remove_does_not_ask_who_uses_the_copy(source):
+    """Its end costs no listing of the sessions (round trips to a far home), and says
+    nothing is postponed even while someone uses the copy."""
+    dest = MemoryBackend()
+    copy_store(source.backend, dest)
+    rec = Recorder(dest)
+    with locks.session(dest, "restore"):
+        real_list = rec.list
+        listed: list[str] = []
+        rec.list = lambda kind: listed.append(kind) or real_list(kind)  # type: ignore[method-assign]
+        r = copy_store(source.backend, rec)
+    assert r.ok and r.objects_removed == 0 and not r.postponed
+    assert listed.count("locks") == 1  # once, at the start, for the stale sessions
+    assert "locks" not in listed[listed.index("keys") :]  # and not again at the end
+
+
 def test_a_source_emptied_of_snapshots_does_not_empty_the_copy(source):
     dest = MemoryBackend()
     copy_store(source.backend, dest)

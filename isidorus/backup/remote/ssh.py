@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import functools
 import shlex
 import subprocess
 import threading
@@ -106,7 +105,6 @@ def serve_argv(target: SshTarget, ssh_command: str, remote_isidorus: str) -> lis
     return ssh_argv(target, ssh_command, remote, keepalive=False)  # the home sends ticks
 
 
-@functools.cache  # asked again when a connection begun ahead is taken over
 def _has_keepalive(base: tuple[str, ...], host: str, port: int | None) -> bool:
     """Whether the operator's ssh setup already sends keepalives to this host (`ssh -G`
     prints the options ssh would use, config files included)."""
