@@ -30,6 +30,7 @@ from isidorus.cli.output import (
 from isidorus.errors import UsageError
 from isidorus.ops import backups as ops
 from isidorus.ops import offsite
+from isidorus.ops.store_refs import StoreRef
 from isidorus.units import human_bytes
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -45,7 +46,7 @@ def store_options(f: F) -> F:
     @functools.wraps(f)
     def wrapper(store: str, passphrase_file: str | None, **kw: Any) -> Any:
         conf = settings.load()
-        ref = ops.StoreRef(
+        ref = StoreRef(
             resolve_store(store), passphrase_source(passphrase_file), conf["cache_dir"], conf
         )
         return f(ref, **kw)
@@ -136,7 +137,7 @@ def _parse_time(value: str | None) -> datetime | None:
 )
 @json_option
 def create(
-    ref: ops.StoreRef,
+    ref: StoreRef,
     paths: tuple[str, ...],
     tags: tuple[str, ...],
     excludes: tuple[str, ...],
@@ -200,7 +201,7 @@ def _print_backup(r: BackupResult, as_json: bool) -> None:
 @store_options
 @click.option("--tag", "tags", multiple=True, help="Only snapshots with this tag.")
 @json_option
-def list_(ref: ops.StoreRef, tags: tuple[str, ...], as_json: bool) -> None:
+def list_(ref: StoreRef, tags: tuple[str, ...], as_json: bool) -> None:
     """List the snapshots, oldest first."""
     snaps, damaged = ops.list_snapshots(ref, tags)
     for name in damaged:
@@ -240,7 +241,7 @@ def _mode_string(node: dict[str, Any]) -> str:
 @click.argument("path", default="/")
 @click.option("-l", "--long", "long_", is_flag=True, help="Show mode, owner, size and time.")
 @json_option
-def ls(ref: ops.StoreRef, snapshot: str, path: str, long_: bool, as_json: bool) -> None:
+def ls(ref: StoreRef, snapshot: str, path: str, long_: bool, as_json: bool) -> None:
     """List the files of SNAPSHOT (below PATH)."""
     _snap, entries = ops.list_files(ref, snapshot, path)
     if as_json:
@@ -272,7 +273,7 @@ def ls(ref: ops.StoreRef, snapshot: str, path: str, long_: bool, as_json: bool) 
 @store_options
 @click.argument("snapshot")
 @click.argument("path")
-def cat(ref: ops.StoreRef, snapshot: str, path: str) -> None:
+def cat(ref: StoreRef, snapshot: str, path: str) -> None:
     """Print the content of file PATH of SNAPSHOT."""
     ops.cat_file(ref, snapshot, path, sys.stdout.buffer)
     sys.stdout.buffer.flush()
@@ -283,7 +284,7 @@ def cat(ref: ops.StoreRef, snapshot: str, path: str) -> None:
 @click.argument("snapshot_a")
 @click.argument("snapshot_b")
 @json_option
-def diff(ref: ops.StoreRef, snapshot_a: str, snapshot_b: str, as_json: bool) -> None:
+def diff(ref: StoreRef, snapshot_a: str, snapshot_b: str, as_json: bool) -> None:
     """What changed from SNAPSHOT_A to SNAPSHOT_B: + added, - removed, M modified,
     T type changed, U metadata only."""
     changes = ops.diff_snapshots(ref, snapshot_a, snapshot_b)
@@ -304,7 +305,7 @@ def diff(ref: ops.StoreRef, snapshot_a: str, snapshot_b: str, as_json: bool) -> 
 @click.option("--overwrite", is_flag=True, help="Replace files that exist in TARGET.")
 @json_option
 def restore(
-    ref: ops.StoreRef,
+    ref: StoreRef,
     snapshot: str,
     target: str,
     paths: tuple[str, ...],
@@ -360,7 +361,7 @@ def restore(
 )
 @json_option
 def verify(
-    ref: ops.StoreRef,
+    ref: StoreRef,
     snapshots: tuple[str, ...],
     sample: float,
     read_data: bool,
@@ -423,7 +424,7 @@ def _print_verify(report: VerifyReport, prefix: str = "") -> None:
 @click.option("--dry-run", is_flag=True, help="Say what would be removed; remove nothing.")
 @json_option
 def prune(
-    ref: ops.StoreRef,
+    ref: StoreRef,
     keep_last: int,
     keep_hourly: int,
     keep_daily: int,
@@ -455,7 +456,7 @@ def prune(
 @store_options
 @click.argument("snapshots", nargs=-1, required=True)
 @json_option
-def forget(ref: ops.StoreRef, snapshots: tuple[str, ...], as_json: bool) -> None:
+def forget(ref: StoreRef, snapshots: tuple[str, ...], as_json: bool) -> None:
     """Remove SNAPSHOTS (ids or unique prefixes), even damaged ones; gc then frees what
     only they used."""
     removed = ops.forget(ref, snapshots)
@@ -470,7 +471,7 @@ def forget(ref: ops.StoreRef, snapshots: tuple[str, ...], as_json: bool) -> None
 @click.command("repair-index")
 @store_options
 @json_option
-def repair_index(ref: ops.StoreRef, as_json: bool) -> int:
+def repair_index(ref: StoreRef, as_json: bool) -> int:
     """Rebuild the index from the packs' own headers (after damage to index/)."""
     r = ops.repair_index(ref, TerminalProgress())
     if as_json:
@@ -493,7 +494,7 @@ def repair_index(ref: ops.StoreRef, as_json: bool) -> int:
     help="Do not wait for running backups; run gc again later to carry on.",
 )
 @json_option
-def gc(ref: ops.StoreRef, no_wait: bool, as_json: bool) -> None:
+def gc(ref: StoreRef, no_wait: bool, as_json: bool) -> None:
     """Free the space of data no snapshot needs. Safe while backups run."""
     r = ops.gc(ref, GcOptions(wait=not no_wait), TerminalProgress())
     if as_json:
@@ -518,7 +519,7 @@ def gc(ref: ops.StoreRef, no_wait: bool, as_json: bool) -> None:
     is_flag=True,
     help="Also remove sessions of other hosts (only once you know they are gone).",
 )
-def unlock(ref: ops.StoreRef, remove_all: bool) -> None:
+def unlock(ref: StoreRef, remove_all: bool) -> None:
     """Remove locks left by processes that are gone."""
     gone = ops.unlock_store(ref, remove_all)
     for s in gone:
@@ -538,7 +539,7 @@ def key() -> None:
     type=click.Path(dir_okay=False),
     help="Read the new passphrase from this file (else ISIDORUS_NEW_PASSPHRASE, else a prompt).",
 )
-def change_passphrase(ref: ops.StoreRef, new_passphrase_file: str | None) -> None:
+def change_passphrase(ref: StoreRef, new_passphrase_file: str | None) -> None:
     """Protect the store's key with a new passphrase."""
     new = passphrase_source(
         new_passphrase_file, confirm=True, env="ISIDORUS_NEW_PASSPHRASE", what="new passphrase"
@@ -550,7 +551,7 @@ def change_passphrase(ref: ops.StoreRef, new_passphrase_file: str | None) -> Non
 @key.command("export")
 @store_options
 @click.argument("file")
-def export(ref: ops.StoreRef, file: str) -> None:
+def export(ref: StoreRef, file: str) -> None:
     """Save a copy of the key (still protected by the passphrase) to FILE."""
     ops.export_key(ref, file)
     click.echo(f"key saved to {file}; keep it apart from the store")

@@ -32,9 +32,9 @@ from isidorus.backup.verify import RepairReport, VerifyOptions
 from isidorus.errors import IsidorusError, UsageError
 from isidorus.ops import backups, offsite, remotes, runs
 from isidorus.ops.accounts import audit
-from isidorus.ops.backups import StoreRef
 from isidorus.ops.nightly import TAG, sync_detail, sync_failure
 from isidorus.ops.service_backups import store_ref
+from isidorus.ops.store_refs import StoreRef
 from isidorus.settings import Remote
 from isidorus.state.db import Database
 

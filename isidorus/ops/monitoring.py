@@ -39,9 +39,9 @@ from isidorus.backup.restorer import lookup_path
 from isidorus.backup.types import Snapshot
 from isidorus.errors import IsidorusError, NotFoundError, UsageError, one_line
 from isidorus.ops import runs
-from isidorus.ops.backups import StoreRef, open_backend, opened
 from isidorus.ops.runs import Run, Step
 from isidorus.ops.service_backups import store_ref
+from isidorus.ops.store_refs import StoreRef, open_backend, opened
 from isidorus.settings import Remote
 from isidorus.state.db import Database
 from isidorus.state.schema import run_steps

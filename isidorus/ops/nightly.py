@@ -44,10 +44,11 @@ from isidorus.backup.sync import SyncOptions, SyncResult
 from isidorus.backup.verify import VerifyOptions
 from isidorus.errors import IsidorusError
 from isidorus.ops import runs
-from isidorus.ops.backups import StoreRef, create_backup, gc, prune, verify
+from isidorus.ops.backups import create_backup, gc, prune, verify
 from isidorus.ops.jobs_config import JobsConfig
 from isidorus.ops.offsite import sync
 from isidorus.ops.runs import Recorder, Run, Step, StepFailed
+from isidorus.ops.store_refs import StoreRef
 from isidorus.services import installed
 from isidorus.services.errors import NothingToSave, ServiceError
 from isidorus.settings import Remote

@@ -30,8 +30,9 @@ from isidorus.backup.restorer import RestoreOptions, restore_snapshot
 from isidorus.backup.types import Snapshot
 from isidorus.errors import UsageError
 from isidorus.ops.accounts import audit
-from isidorus.ops.backups import StoreRef, create_backup, init_store, opened
+from isidorus.ops.backups import create_backup, init_store
 from isidorus.ops.database import read_config
+from isidorus.ops.store_refs import StoreRef, opened
 from isidorus.services import databases, installed, lifecycle
 from isidorus.services.errors import NothingToSave, ServiceError
 from isidorus.services.installed import Installed

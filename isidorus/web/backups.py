@@ -29,8 +29,8 @@ from isidorus.accounts.sessions import Session
 from isidorus.backup.errors import PathNotFound, SnapshotNotFound
 from isidorus.errors import IsidorusError, NotFoundError, UsageError
 from isidorus.ops import monitoring, runs
-from isidorus.ops.backups import StoreRef
 from isidorus.ops.monitoring import Entry, GrowthPoint, StoreWatch
+from isidorus.ops.store_refs import StoreRef
 from isidorus.state.db import Database
 from isidorus.web.base import Host, Views, human_size, utc_time
 from isidorus.web.i18n import gettext, language, pgettext

@@ -22,7 +22,8 @@ from isidorus.ops import accounts as ops
 from isidorus.ops import backups as ops_backups
 from isidorus.ops import monitoring, runs
 from isidorus.ops import tokens as ops_tokens
-from isidorus.ops.backups import StoreRef, create_backup, init_store
+from isidorus.ops.backups import create_backup, init_store
+from isidorus.ops.store_refs import StoreRef
 from isidorus.state.schema import users
 from isidorus.web.app import create_app
 from isidorus.web.jobs import Jobs

@@ -23,8 +23,9 @@ from isidorus.backup.sync import SyncOptions
 from isidorus.backup.testing import CHEAP_KDF
 from isidorus.ops import accounts as ops
 from isidorus.ops import offsite, runs, tokens
-from isidorus.ops.backups import StoreRef, create_backup, init_store
+from isidorus.ops.backups import create_backup, init_store
 from isidorus.ops.runs import Step
+from isidorus.ops.store_refs import StoreRef
 from isidorus.state.schema import runs as runs_table
 from isidorus.web.app import create_app
 from tests.web.test_app import PW, csrf_of, host, login  # noqa: F401  (fixtures)
