@@ -17,7 +17,8 @@ Its end        the sync `stop`s it once it has listed the copy (nothing is guess
                at the next piece, so the sync waits for one piece at most.
 The sync's own requests (its lock, the listings) queue behind whatever was sent before
 them: while it waits for those, the head start keeps no more than WINDOW unanswered on a
-pipelined link, so each of them waits a fraction of a second, not the whole queue.
+pipelined link (EARLY_WINDOW until the other end first answers), so each of them waits a
+fraction of a second, not the whole queue.
 """
 
 from __future__ import annotations
@@ -34,10 +35,12 @@ from isidorus.backup.remote.base import Backend, Pipelined
 from isidorus.backup.transfer import Started
 
 BUDGET = 64 * 1024 * 1024  # sent ahead at most, should the sync be slow to list the copy
-# sent ahead and not answered yet: what a request of the sync waits behind. As much as ssh
-# lets cross before the other end reads (its channel window), so a home slow to start
-# (a small board) still receives that much meanwhile
-WINDOW = 2 * 1024 * 1024
+# sent ahead and not answered yet: what each request of the sync waits behind (a tenth of
+# a second at 50 Mbit/s), and still more than a home link holds in flight
+WINDOW = 512 * 1024
+# until the other end answers at all: as much as ssh lets cross before it reads (its
+# channel window), so a home slow to start (a small board) receives that much meanwhile
+EARLY_WINDOW = 2 * 1024 * 1024
 PIECE = 256 * 1024  # read and sent at a time: what a `take` may have to wait for
 
 
@@ -117,7 +120,10 @@ class HeadStart:
                 if self._stopped:
                     return False
             dest = self.dest
-            if not isinstance(dest, Pipelined) or dest.wait_unanswered(WINDOW - PIECE, 0.05):
+            if not isinstance(dest, Pipelined):
+                return True
+            window = WINDOW if dest.answering else EARLY_WINDOW
+            if dest.wait_unanswered(window - PIECE, 0.05):
                 return True
 
     def take(self, name: str) -> Started | None:

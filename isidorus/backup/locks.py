@@ -17,7 +17,7 @@ import json
 import os
 import secrets
 import socket
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 
 from isidorus.backup.errors import BackendError, LockedError
@@ -98,9 +98,13 @@ def _me(name: str, purpose: str) -> Session:
     return Session(name, purpose, socket.gethostname(), _boot_id(), pid, _start_ticks(pid))
 
 
-def list_sessions(backend: Backend) -> list[Session]:
+def list_sessions(backend: Backend, *, besides: Collection[str] = ()) -> list[Session]:
+    """The sessions registered in the store, less those named in `besides` (the caller's
+    own: not read, a request each saved on a far store)."""
     out = []
     for name, _size in backend.list("locks"):
+        if name in besides:
+            continue
         try:
             out.append(Session.from_json(name, backend.read("locks", name)))
         except FileNotFoundError:

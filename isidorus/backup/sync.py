@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -92,14 +92,19 @@ class Listing:
         return objects
 
 
-def list_store(backend: Backend) -> Listing:
+def list_store(backend: Backend, *, at_once: bool = False) -> Listing:
     """Every object of a store with its size. Snapshots are listed first, then index
     objects, then packs: the order in which a gc removes them is the reverse, so the
-    listing holds what its snapshots need (see the module's docstring)."""
-    snapshots = dict(backend.list("snapshots"))
-    index = dict(backend.list("index"))
-    data = dict(backend.list("data"))
-    return Listing(dict(backend.list("keys")), snapshots, index, data)
+    listing holds what its snapshots need (see the module's docstring). With `at_once`
+    (a copy under the sync's lock, where no gc runs), the four listings are asked
+    together: one round trip to a far home instead of four."""
+    kinds = ("snapshots", "index", "data", "keys")
+    if at_once:
+        with ThreadPoolExecutor(len(kinds), thread_name_prefix="list") as pool:
+            found = dict(zip(kinds, pool.map(lambda k: dict(backend.list(k)), kinds), strict=True))
+    else:
+        found = {k: dict(backend.list(k)) for k in kinds}
+    return Listing(found["keys"], found["snapshots"], found["index"], found["data"])
 
 
 def list_needed(repo: Repository, refs: tuple[str, ...]) -> Listing:
@@ -145,8 +150,13 @@ def prepare_destination(source: Backend, dest: Backend, result: SyncResult) -> N
     raw = source.read("config", "config")
     source_id = json.loads(raw)["id"]
     for _attempt in range(2):
-        if dest.exists("config", "config"):
-            dest_id = read_config(dest)["id"]
+        try:
+            dest_id = read_config(dest)["id"]  # one request where a copy is there already
+        except (StoreError, BackendError):  # no config, or no bucket even
+            if dest.exists("config", "config"):
+                raise  # a config, but not a store's of this isidorus: read_config says why
+            dest_id = None
+        if dest_id is not None:
             if dest_id != source_id:
                 raise StoreError(
                     f"{dest.location} holds another store (id {dest_id[:12]}…, not "
@@ -239,7 +249,7 @@ def _round(
 ) -> bool:
     """Copy what DEST lacks of `listing`; False when some of it vanished from SOURCE
     before it was copied (the listing is stale: the caller lists again)."""
-    have = copier.dest_has = list_store(dest)  # kept up to date by the copier
+    have = copier.dest_has = list_store(dest, at_once=True)  # kept up to date by the copier
     if copier.head is not None:
         copier.head.stop()  # what DEST lacks is known: no more guessing
     todo = {
@@ -286,11 +296,7 @@ def _remove_what_source_lacks(
     old_keys = sorted(have.keys.keys() - listing.keys.keys())
     if not any(gone.values()) and not old_keys:
         return  # nothing to remove: no need to ask who else uses the copy
-    others = [
-        s
-        for s in locks.list_sessions(dest)
-        if s.name not in own_sessions and s.name != locks.EXCLUSIVE
-    ]
+    others = locks.list_sessions(dest, besides=own_sessions | {locks.EXCLUSIVE})
     if others:
         # a backup or restore there may need what SOURCE no longer has
         result.postponed = (
@@ -351,9 +357,10 @@ def sync_stores(
             f"a gc of {dest.location} was interrupted: finish it with "
             "`isidorus backup gc` on that store, then sync again"
         )
-    sessions = locks.list_sessions(dest)
-    stale = {s.name for s in locks.remove_stale(dest, sessions)}
-    dest.clean_tmp({s.name for s in sessions} - stale)  # a killed sync's uploads
+    ours = (own_sessions or set()) | {locks.EXCLUSIVE}  # need not be read: they are ours
+    others = locks.list_sessions(dest, besides=ours)
+    stale = {s.name for s in locks.remove_stale(dest, others)}
+    dest.clean_tmp(({s.name for s in others} - stale) | ours)  # a killed sync's uploads
     copier = _Copier(source, dest, opts, progress, head)
     damaged = set(result.damaged)
     try:
@@ -405,34 +412,38 @@ def copy_store(
     if opts.snapshots and open_source is None:
         raise ValueError("a sync of chosen snapshots needs the key of the source")
     result = SyncResult()
-    with locks.session(source, "sync", read_only=True):
-        repo = open_source() if opts.snapshots and open_source is not None else None
-        # uploads begun ahead are tagged with the session DEST will know this sync by
-        name = locks.new_name()
-        dest.tmp_tag = name
-        head = _head_start(source, dest, memo) if memo and not opts.snapshots else None
-        try:
-            if repo is not None:
-                for ref in opts.snapshots:
-                    repo.find_snapshot(ref)  # a wrong one stops the sync before it starts
-            prepare_destination(source, dest, result)
-            with locks.session(dest, "sync", exclusive=True, name=name):
-                return sync_stores(
-                    source,
-                    dest,
-                    result,
-                    opts,
-                    progress,
-                    repo=repo,
-                    own_sessions={name},
-                    head=head,
-                    memo=memo if not opts.snapshots else None,
-                )
-        finally:
-            if head is not None:
-                head.close()
-            if repo is not None:
-                repo.cache.close()
+    # uploads begun ahead are tagged with the session DEST will know this sync by
+    name = locks.new_name()
+    dest.tmp_tag = name
+    # the head start leaves before SOURCE's session is registered (a write made durable):
+    # it only reads packs, and one that a gc takes meanwhile just ends it
+    head = _head_start(source, dest, memo) if memo and not opts.snapshots else None
+    try:
+        with locks.session(source, "sync", read_only=True):
+            repo = open_source() if opts.snapshots and open_source is not None else None
+            try:
+                if repo is not None:
+                    for ref in opts.snapshots:
+                        repo.find_snapshot(ref)  # a wrong one stops the sync before it starts
+                prepare_destination(source, dest, result)
+                with locks.session(dest, "sync", exclusive=True, name=name):
+                    return sync_stores(
+                        source,
+                        dest,
+                        result,
+                        opts,
+                        progress,
+                        repo=repo,
+                        own_sessions={name},
+                        head=head,
+                        memo=memo if not opts.snapshots else None,
+                    )
+            finally:
+                if repo is not None:
+                    repo.cache.close()
+    finally:
+        if head is not None:
+            head.close()
 
 
 def _store_id(source: Backend) -> str | None:

@@ -299,8 +299,11 @@ class Pipelined(Counting):
     def __init__(self, inner):
         super().__init__(inner)
         self.answers = threading.Semaphore(0)
+        self.answering = True
+        self.limits = []
 
     def wait_unanswered(self, limit, timeout):
+        self.limits.append(limit)
         return self.answers.acquire(timeout=timeout)
 
 
@@ -396,3 +399,23 @@ def test_a_failed_sync_teaches_the_memo_what_arrived(source, tmp_path, monkeypat
     r = copy_store(source.backend, counting, memo=memo)
     assert r.ok and contents(dest) == contents(source.backend)
     assert counting.sent == r.bytes_sent  # nothing that had arrived crossed again
+
+
+def test_the_window_is_wider_until_the_other_end_answers(source, tmp_path):
+    """A home slow to start receives what ssh lets cross meanwhile; once it answers, the
+    sync's requests wait behind no more than the narrower window."""
+    dest = LocalBackend(str(tmp_path / "home"))
+    link = Pipelined(dest)
+    link.answering = False
+    head = HeadStart(source.backend, link, new_guess(source, dest, tmp_path)).start()
+    time.sleep(0.1)
+    link.answering = True
+    time.sleep(0.1)
+    head.stop()
+    head._thread.join(5)
+    head.close()
+    early = head_start.EARLY_WINDOW - head_start.PIECE
+    late = head_start.WINDOW - head_start.PIECE
+    assert early > late
+    assert link.limits[0] == early and link.limits[-1] == late
+    assert set(link.limits) == {early, late}

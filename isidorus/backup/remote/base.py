@@ -96,6 +96,8 @@ class Pipelined(Protocol):
     """A backend whose uploads stream without waiting for answers (a home over ssh), so
     what it was sent may still be on the way, queued ahead of any later request."""
 
+    answering: bool  # the other end has started answering (a home: its isidorus is up)
+
     def wait_unanswered(self, limit: int, timeout: float) -> bool:
         """Whether at most `limit` bytes of uploads are on their way unanswered (or the
         connection is gone: the next request says why), waiting up to `timeout` seconds."""
