@@ -60,6 +60,8 @@ class HeadStart:
         self._lock = threading.Condition()
         self._sending: str | None = None  # the pack the thread writes now
         self._stopped = False
+        # a link that streams without answers: the head start keeps a window open on it
+        self._pipelined = dest if isinstance(dest, Pipelined) else None
         self._thread = threading.Thread(target=self._run, name="head-start", daemon=True)
 
     def start(self) -> HeadStart:
@@ -119,11 +121,11 @@ class HeadStart:
             with self._lock:
                 if self._stopped:
                     return False
-            dest = self.dest
-            if not isinstance(dest, Pipelined):
+            link = self._pipelined
+            if link is None:
                 return True
-            window = WINDOW if dest.answering else EARLY_WINDOW
-            if dest.wait_unanswered(window - PIECE, 0.05):
+            window = WINDOW if link.answering else EARLY_WINDOW
+            if link.wait_unanswered(window - PIECE, 0.05):
                 return True
 
     def take(self, name: str) -> Started | None:

@@ -96,7 +96,10 @@ class Pipelined(Protocol):
     """A backend whose uploads stream without waiting for answers (a home over ssh), so
     what it was sent may still be on the way, queued ahead of any later request."""
 
-    answering: bool  # the other end has started answering (a home: its isidorus is up)
+    @property
+    def answering(self) -> bool:
+        """Whether the other end has started answering (a home: its isidorus is up)."""
+        ...
 
     def wait_unanswered(self, limit: int, timeout: float) -> bool:
         """Whether at most `limit` bytes of uploads are on their way unanswered (or the

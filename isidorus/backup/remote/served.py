@@ -80,7 +80,6 @@ class ServedBackend:
         self.tmp_tag = "nosession"
         self.info: dict[str, Any] = {}
         self.removals_queued = 0  # removals the home only queued (append-only)
-        self.answering = False  # until the home's isidorus answers the hello
         self._argv = argv or serve_argv(self.target, ssh_command, remote_command)
         self._rate_limit = rate_limit
         self._pipe: SshPipe | None = None
@@ -160,7 +159,11 @@ class ServedBackend:
             kind, message, permanent = (list(answer[2:]) + ["backend", "", True])[:3]
             raise BackendError(f"{self.target.display}: {message}", permanent=bool(permanent))
         self.info = dict(answer[2])
-        self.answering = True
+
+    @property
+    def answering(self) -> bool:
+        """Whether the home's isidorus has answered the hello (its INFO is known)."""
+        return bool(self.info)
 
     def _watch(self, pipe: SshPipe, every: float) -> None:
         """End the connection once the home has sent nothing, not even its signs of life,

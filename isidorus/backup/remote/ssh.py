@@ -289,8 +289,7 @@ class SshPipe:
             ) from None
         self._err_thread = threading.Thread(target=self._read_stderr, daemon=True)
         self._err_thread.start()
-        self._closed = False
-        self._ended = threading.Event()  # set by close()
+        self._closed = threading.Event()
         self.last_heard = time.monotonic()  # when the other end last sent anything
 
     def _read_stderr(self) -> None:
@@ -348,17 +347,16 @@ class SshPipe:
 
     def wait_closed(self, timeout: float) -> bool:
         """Whether the pipe is closed, waiting up to `timeout` seconds for it."""
-        return self._ended.wait(timeout)
+        return self._closed.wait(timeout)
 
     def kill(self) -> None:
         """End ssh at once: whoever reads or writes the pipe then finds it broken."""
         self.proc.kill()
 
     def close(self) -> None:
-        if self._closed:
+        if self._closed.is_set():
             return
-        self._closed = True
-        self._ended.set()
+        self._closed.set()
         with contextlib.suppress(OSError, ValueError):
             assert self.proc.stdin is not None
             self.proc.stdin.close()
